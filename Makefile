@@ -1,0 +1,51 @@
+# ser — one Makefile for setting up, testing, running and measuring.
+#   make test    install everything (venv, package, Debian tools) and run the suite
+#   make run     run the server in the foreground on cfg/ser.cfg
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+CFG     ?= cfg/ser.cfg
+RUNDIR  ?= $(CURDIR)/run
+PYTEST_ARGS ?=
+
+.PHONY: all deps install test unit run check lint typecheck bench docs-check clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+deps:
+	bash scripts/deps.sh
+
+test: deps install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+run: install
+	mkdir -p $(RUNDIR)
+	$(BIN)/ser -DD -E -Y $(RUNDIR) -f $(CFG)
+
+check: install
+	$(BIN)/ser -c -f $(CFG)
+
+lint: install
+	$(BIN)/ruff check ser tests bench scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) run build *.egg-info

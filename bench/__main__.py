@@ -1,0 +1,12 @@
+"""`python -m bench` (make bench): every benchmark that exists so far."""
+
+from __future__ import annotations
+
+import importlib
+
+for name in ("bench.parser", "bench.cfg"):
+    try:
+        mod = importlib.import_module(name)
+    except ModuleNotFoundError:
+        continue
+    mod.main()

@@ -1,0 +1,1 @@
+"""The server core: parsing, routing script, processes, transports."""

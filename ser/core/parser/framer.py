@@ -1,0 +1,87 @@
+"""Cutting a byte stream (TCP, TLS) into whole SIP messages.
+
+Theory of operation: bytes are appended to a buffer; a message is complete
+when its header block has ended and Content-Length bytes of body follow
+(RFC 3261 18.3: Content-Length is mandatory on a stream). CRLF keep-alives
+between messages (RFC 5626 3.5.1) are consumed: each double CRLF "ping" is
+counted in ``pings`` so the transport can answer it with a CRLF "pong".
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ProtocolError
+
+_CL = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$")
+
+
+class StreamFramer:
+    """Feed bytes in any chunking; get whole messages out, in order."""
+
+    __slots__ = ("buf", "max_size", "pings")
+
+    def __init__(self, max_size: int = 65535) -> None:
+        self.buf = bytearray()
+        self.max_size = max_size
+        self.pings = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Whole messages completed by ``data``. Raises ProtocolError on a
+        broken stream (the connection should then be closed)."""
+        buf = self.buf
+        buf += data
+        out: list[bytes] = []
+        while buf:
+            if buf[0] in (13, 10):
+                if not self._skip_keepalive():
+                    break
+                continue
+            end = buf.find(b"\r\n\r\n")
+            sep = 4
+            if end < 0:
+                end = buf.find(b"\n\n")
+                sep = 2
+            if end < 0:
+                if len(buf) > self.max_size:
+                    raise ProtocolError(513, "Message Too Large (header block)")
+                break
+            cl = self._content_length(bytes(buf[:end]))
+            total = end + sep + cl
+            if total > self.max_size:
+                raise ProtocolError(513, "Message Too Large")
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+        return out
+
+    def _skip_keepalive(self) -> bool:
+        """Drop leading CR/LF; False when more bytes are needed to decide."""
+        buf = self.buf
+        if buf.startswith(b"\r\n\r\n"):
+            self.pings += 1
+            del buf[:4]
+            return True
+        if buf in (b"\r", b"\r\n", b"\r\n\r"):
+            return False
+        del buf[:1]
+        return True
+
+    @staticmethod
+    def _content_length(head: bytes) -> int:
+        found = _CL.findall(head)
+        if not found:
+            raise ProtocolError(400, "missing Content-Length on a stream transport")
+        values = {v.strip() for v in found}
+        if len(values) != 1:
+            raise ProtocolError(400, "conflicting Content-Length headers")
+        value = values.pop()
+        if not value.isdigit() or len(value) > 10:
+            raise ProtocolError(400, "bad Content-Length")
+        return int(value)
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet form a whole message."""
+        return len(self.buf)

@@ -1,0 +1,1 @@
+"""Loadable modules, one per file or package, named as in Kamailio."""

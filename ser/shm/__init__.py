@@ -1,0 +1,1 @@
+"""Shared-memory tables and locks: the only state shared between processes."""
