@@ -93,7 +93,7 @@ def test_wsinv_whitespace_and_folding():
     assert c.display == 'Quoted string ""'
     assert c.params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
     assert c.q == 0.33
-    assert len(m.body) == 150
+    assert len(m.body) == 150 and m.content_length == 150
 
 
 def test_intmeth_unusual_tokens():
@@ -202,6 +202,7 @@ def test_application_layer_cases_parse_with_their_fields():
     assert parse_message(rfc4475("badbranch")).via.branch == "z9hG4bK"
     m = parse_message(rfc4475("inv2543"), strict=True)
     assert m.via.branch is None and m.from_.tag is None and m.max_forwards is None
+    assert m.content_length is None
     assert m.body.startswith(b"v=0")
 
 

@@ -168,6 +168,13 @@ class SipMessage:
         return self._one("max-forwards", lambda v: hdrs.parse_delta(v, "Max-Forwards", 255))
 
     @lazy
+    def content_length(self) -> int | None:
+        """The Content-Length value (checked at parse time), None when absent."""
+        if "content-length" not in self._keys:
+            return None
+        return int(self._parts[self._keys.index("content-length")][2])
+
+    @lazy
     def expires(self) -> int | None:
         return self._one("expires", lambda v: hdrs.parse_delta(v, "Expires"))
 
