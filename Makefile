@@ -8,7 +8,7 @@ CFG     ?= cfg/ser.cfg
 RUNDIR  ?= $(CURDIR)/run
 PYTEST_ARGS ?=
 
-.PHONY: all deps install test unit run check lint typecheck bench docs-check clean
+.PHONY: all deps install test unit run check lint typecheck bench docs docs-check clean
 
 all: test
 
@@ -43,6 +43,12 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+docs: install
+	$(BIN)/python -m ser.core.docs
+
+docs-check: install
+	$(BIN)/python -m ser.core.docs --check
 
 bench: install
 	$(BIN)/python -m bench

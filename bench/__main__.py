@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-for name in ("bench.parser", "bench.cfg"):
+for name in ("bench.parser", "bench.cfg", "bench.shm", "bench.daemon"):
     try:
         mod = importlib.import_module(name)
     except ModuleNotFoundError:

@@ -1,13 +1,129 @@
-"""`serctl`: the operator's control client (kamctl/kamcmd for ser)."""
+"""`serctl`: the operator's control client (kamctl/kamcmd for ser).
+
+    serctl [-s SOCKET | --fifo FIFO] rpc METHOD [ARGS...]
+
+Talks JSON-RPC 2.0 to the control process over its UNIX datagram socket
+(default: the default runtime directory's ``ser_rpc.sock``) or its FIFO.
+Arguments that look like integers are sent as numbers; prefix ``s:`` to
+force a string, ``i:`` a number (as kamctl does).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import select
+import socket
 import sys
+import tempfile
+import time
+from typing import Any
+
+from ser.cli import default_rundir
+
+TIMEOUT = 5.0
+
+
+class CtlError(Exception):
+    pass
+
+
+def _param(text: str) -> Any:
+    if text.startswith("s:"):
+        return text[2:]
+    if text.startswith("i:"):
+        return int(text[2:])
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def request(method: str, params: list[Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": params, "id": os.getpid()}
+
+
+def call_dgram(path: str, req: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="serctl-") as d:
+        me = os.path.join(d, "c.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.bind(me)
+            s.settimeout(timeout)
+            try:
+                s.sendto(json.dumps(req).encode(), path)
+            except OSError as e:
+                raise CtlError(f"cannot reach {path}: {e.strerror}") from None
+            try:
+                data = s.recv(1 << 20)
+            except TimeoutError:
+                raise CtlError(f"no answer from {path} in {timeout:.0f} s") from None
+        finally:
+            s.close()
+    return json.loads(data)
+
+
+def call_fifo(path: str, req: dict[str, Any], timeout: float = TIMEOUT,
+              reply_dir: str = "/tmp") -> dict[str, Any]:
+    name = f"serctl_reply_{os.getpid()}_{int(time.time() * 1000)}"
+    reply = os.path.join(reply_dir, name)
+    os.mkfifo(reply, 0o600)
+    try:
+        rfd = os.open(reply, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            try:
+                wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                raise CtlError(f"cannot open {path}: {e.strerror}") from None
+            try:
+                os.write(wfd, json.dumps({**req, "reply_name": name}).encode() + b"\n")
+            finally:
+                os.close(wfd)
+            data = b""
+            deadline = time.monotonic() + timeout
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CtlError(f"no answer on {reply} in {timeout:.0f} s")
+                r, _, _ = select.select([rfd], [], [], left)
+                if r:
+                    data += os.read(rfd, 1 << 20)
+            return json.loads(data)
+        finally:
+            os.close(rfd)
+    finally:
+        os.unlink(reply)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("serctl: the control process is not built yet; nothing to talk to", file=sys.stderr)
-    return 1
+    p = argparse.ArgumentParser(prog="serctl", description="Control a running ser.")
+    p.add_argument("-s", dest="socket", help="the control datagram socket "
+                   f"(default: {default_rundir()}/ser_rpc.sock)")
+    p.add_argument("--fifo", help="use the control FIFO instead of the socket")
+    p.add_argument("-t", dest="timeout", type=float, default=TIMEOUT, help="seconds to wait")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rpc", help="call an RPC method")
+    r.add_argument("method")
+    r.add_argument("params", nargs="*")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    req = request(args.method, [_param(x) for x in args.params])
+    try:
+        if args.fifo:
+            resp = call_fifo(args.fifo, req, args.timeout)
+        else:
+            path = args.socket or os.path.join(default_rundir(), "ser_rpc.sock")
+            path = path.removeprefix("unix:")
+            resp = call_dgram(path, req, args.timeout)
+    except CtlError as e:
+        print(f"serctl: {e}", file=sys.stderr)
+        return 1
+    if "error" in resp:
+        err = resp["error"]
+        print(f"error: {err.get('code')} - {err.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(resp.get("result"), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

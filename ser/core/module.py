@@ -130,6 +130,15 @@ class RPCMethod:
 
 
 @dataclass(frozen=True)
+class Timer:
+    """A periodic task run by the timer process: ``fn(instance, now)`` every
+    ``interval`` seconds (expiring shared-memory entries, retransmissions)."""
+    name: str
+    interval: float
+    fn: Callable[[ModuleInstance, float], None]
+
+
+@dataclass(frozen=True)
 class Module:
     name: str
     doc: str = ""
@@ -137,6 +146,7 @@ class Module:
     functions: tuple[Function, ...] = ()
     pvs: tuple[PVDecl, ...] = ()
     rpc: tuple[RPCMethod, ...] = ()
+    timers: tuple[Timer, ...] = ()
     mod_init: Callable[[ModuleInstance], None] | None = None
     child_init: Callable[[ModuleInstance, int], None] | None = None
     destroy: Callable[[ModuleInstance], None] | None = None

@@ -1,7 +1,9 @@
 """sl: stateless replies (Kamailio's sl module).
 
-STUB until the transport layer exists: the functions record the reply they
-were asked to send in ``ctx.actions`` as ``("reply", code, reason)``.
+Replies are built from the request (ser.core.parser.build_reply) and sent
+back the way the request came (ser.core.receive.Core.reply). Outside a worker
+(no ``ctx.rt.core``: unit tests of the script) the reply is recorded in
+``ctx.actions`` as ``("reply", code, reason)``.
 """
 
 from __future__ import annotations
@@ -21,18 +23,22 @@ def _code_fixup(args: list[FixedArg]) -> list[FixedArg]:
 
 
 def sl_send_reply(ctx: Any, code: int, reason: str) -> int:
-    ctx.actions.append(("reply", code, reason))   # STUB: recorded, not sent yet
-    return 1
+    core = ctx.rt.core
+    if core is None:
+        ctx.actions.append(("reply", code, reason))
+        return 1
+    return 1 if core.reply(ctx, int(code), reason) else -1
 
 
 def sl_reply_error(ctx: Any) -> int:
-    ctx.actions.append(("reply", 500, "Server Internal Error"))   # STUB
-    return 1
+    params = ctx.rt.modules["sl"].params if "sl" in ctx.rt.modules else {}
+    return sl_send_reply(ctx, int(params.get("default_code", 500)),
+                         str(params.get("default_reason", "Server Internal Error")))
 
 
 def send_reply(ctx: Any, code: int, reason: str) -> int:
-    ctx.actions.append(("reply", code, reason))   # STUB: stateful when a transaction exists
-    return 1
+    # stateless until tm exists; with tm a transaction's reply goes through it
+    return sl_send_reply(ctx, code, reason)
 
 
 _reply = (Arg("code", "int", doc="SIP status code"), Arg("reason", doc="reason phrase"))
@@ -43,7 +49,7 @@ exports = Module(
     params=(
         Param("bind_tm", int, 1, "Use tm to send a reply when a transaction exists."),
         Param("default_code", int, 500, "Code of sl_reply_error when none is known."),
-        Param("default_reason", str, "Internal Server Error", "Reason of sl_reply_error."),
+        Param("default_reason", str, "Server Internal Error", "Reason of sl_reply_error."),
     ),
     functions=(
         Function("sl_send_reply", sl_send_reply, _reply, R.REQUEST, _code_fixup,

@@ -209,14 +209,16 @@ class Routes:
         ctx.route_type = ROUTE_KIND_TYPE.get(kind, RouteType.REQUEST)
         try:
             return fn(ctx)
-        except ScriptExit:
+        except ScriptExit as e:
+            e.__traceback__ = None     # the one EXIT instance must not collect tracebacks
             return 0
 
     def request(self, ctx: Context) -> int:
         """Run request_route (the hot path of a worker)."""
         try:
             return self.table[("request", "")](ctx)
-        except ScriptExit:
+        except ScriptExit as e:
+            e.__traceback__ = None
             return 0
 
 

@@ -1,14 +1,15 @@
 """Functions of the script that belong to the core (no loadmodule needed).
 
-Declared with the same :class:`ser.core.module.Module` API as modules. The
-ones that need the transport layer (``forward``...) record what they were
-asked to do in ``ctx.actions`` until the daemon exists.
+Declared with the same :class:`ser.core.module.Module` API as modules. Outside
+a worker process (no ``ctx.rt.core``: unit tests) ``forward`` records what it
+was asked to do in ``ctx.actions``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ser.core.corerpc import CORE_RPC
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, RouteType
 
 R = RouteType
@@ -57,9 +58,11 @@ def _option(name: str, doc: str) -> Function:
 
 
 def forward(ctx: Any, host: str = "", port: int = 0) -> int:
-    # STUB until the transport layer exists: records the request to forward
-    ctx.actions.append(("forward", host, port))
-    return 1
+    core = ctx.rt.core
+    if core is None:                 # compiled but not running in a worker (tests, ser -c)
+        ctx.actions.append(("forward", host, port))
+        return 1
+    return 1 if core.forward(ctx, host, port) else -1
 
 
 def _set_ruri(ctx: Any, uri: str) -> int:
@@ -89,6 +92,7 @@ _bflag = (Arg("flag", "int"), Arg("branch", "int", optional=True))
 exports = Module(
     name="core",
     doc="Functions of the core.",
+    rpc=CORE_RPC,
     functions=(
         Function("setflag", setflag, _flag, fixup=_flag_fixup, doc="Set a message flag."),
         Function("resetflag", resetflag, _flag, fixup=_flag_fixup, doc="Reset a message flag."),

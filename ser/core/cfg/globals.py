@@ -79,6 +79,12 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("tcp_max_connections", "int", 2048, "Maximum open TCP connections."),
     _d("tcp_connect_timeout", "int", 10, "TCP connect timeout, seconds."),
     _d("tcp_send_timeout", "int", 10, "TCP send timeout, seconds."),
+    _d("tcp_msg_read_timeout", "int", 20, "Seconds a TCP connection may take to send one "
+       "whole message once it started; then it is closed."),
+    _d("tcp_max_connections_per_ip", "int", 256, "Open TCP connections accepted from one "
+       "source address by one TCP worker (ser only)."),
+    _d("tcp_max_message_size", "int", 65535, "Largest SIP message accepted on a stream; a "
+       "larger one closes the connection (ser only)."),
     _d("tcp_accept_aliases", "bool", False, "Honour the alias Via parameter."),
     _d("tcp_async", "bool", True, "Write TCP data asynchronously."),
     _d("tcp_keepalive", "bool", True, "Enable TCP keepalive."),

@@ -33,6 +33,7 @@ class Runtime:
         self.vars: dict[str, Any] = {}
         self.shv: dict[str, Any] = {}
         self.rank = rank
+        self.core: Any = None              # receive.Core of a worker process
         self.local_hosts: set[str] = set()     # lower-case names and addresses of 'myself'
         self.local_ports: set[int] = set()
         if settings is not None:
@@ -65,7 +66,8 @@ class Context:
 
     __slots__ = ("msg", "rt", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "af",
                  "flags", "bflags", "retcode", "avps", "route_type", "ruri", "dst_uri",
-                 "actions", "options", "dropped", "cache", "_src_addr", "_dst_addr", "_src4")
+                 "actions", "options", "dropped", "cache", "_src_addr", "_dst_addr", "_src4",
+                 "rcv")
 
     def __init__(self, msg: Any, rt: Runtime, src_ip: str = "127.0.0.1", src_port: int = 5060,
                  dst_ip: str = "127.0.0.1", dst_port: int = 5060, proto: int = PROTO_UDP,
@@ -92,6 +94,7 @@ class Context:
         self._src_addr: Any = None
         self._dst_addr: Any = None
         self._src4 = -1
+        self.rcv: Any = None               # receive.Dest: where the message came from
 
     def src4(self) -> int:
         """The IPv4 source address as an int; 1 << 32 (matches no IPv4 mask) for IPv6."""

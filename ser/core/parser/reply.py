@@ -7,6 +7,8 @@ import zlib
 from collections.abc import Iterable
 from itertools import compress
 
+from . import abnf
+from .errors import ProtocolError
 from .hdrs import split_list
 from .msg import SipMessage
 
@@ -98,3 +100,56 @@ def _set_flag_value(text: str, name: str, value: str) -> str:
             return f"{text[:j]}={value}{text[j:]}"
         i = low.find(";" + name, j)
     return text
+
+
+def build_error_reply(data: bytes, code: int, reason: str, *,
+                      server: str | None = None) -> bytes | None:
+    """A reply to a request that did not parse, or None when none can be routed.
+
+    Only the first line and the Via, From, To, Call-ID and CSeq lines are
+    read, as leniently as possible; without a request line and a readable top
+    Via there is nobody to answer.
+    """
+    from .hdrs import _parse_one_via, canonical_name
+    from .msg import _METHODS
+
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
+    lines = [ln.rstrip("\r") for ln in head.split("\n")]
+    method = lines[0].split(" ", 1)[0]
+    if not method or method.upper().startswith("SIP/") or not (
+            method in _METHODS or abnf.METHOD.fullmatch(method)):
+        return None
+    out = [f"SIP/2.0 {code} {_printable(reason)}"]
+    have_via = have_to_tag = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or line[:1] in (" ", "\t"):
+            continue
+        key = canonical_name(name)
+        if key == "via":
+            if not have_via:
+                try:
+                    _parse_one_via(split_list(value)[0])
+                except ProtocolError:
+                    return None
+                have_via = True
+            out.append(line)
+        elif key in ("from", "to", "call-id", "cseq"):
+            if key == "to" and "tag=" in value.replace(" ", "").lower():
+                have_to_tag = True
+            if key == "to" and not have_to_tag:
+                line = f"{line.rstrip()};tag={TAG_PREFIX}-{zlib.crc32(data):08x}"
+            out.append(line)
+    if not have_via:
+        return None
+    if server:
+        out.append(f"Server: {server}")
+    out.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(out).encode("utf-8", "surrogateescape")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

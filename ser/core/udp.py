@@ -1,0 +1,32 @@
+"""UDP receiver: ``children`` of them share each UDP socket bound by the master."""
+
+from __future__ import annotations
+
+from ser.core.net import SocketInfo
+from ser.core.receive import Core
+from ser.core.roles import Env, Role
+
+MAX_DATAGRAM = 65535
+
+
+class UdpReceiver(Role):
+    kind = "udp"
+
+    def __init__(self, rank: int, si: SocketInfo, index: int) -> None:
+        super().__init__(rank, f"receiver child={index} sock={si.host}:{si.port} (udp)")
+        self.si = si
+
+    def run(self, env: Env) -> int:
+        assert env.rt is not None
+        core = Core(env.cfg, env.rt, env.sockets, env.stats)
+        si = self.si
+        sock = si.sock
+        assert sock is not None
+        sock.setblocking(True)
+        recv = sock.recvfrom
+        receive = core.receive
+        while True:
+            data, addr = recv(MAX_DATAGRAM)
+            if len(data) <= 4 and not data.strip():
+                continue                  # keep-alive CRLFs and empty datagrams
+            receive(data, si, addr[:2])
