@@ -9,6 +9,7 @@ the readiness report — and then hands over to ``role.run(env)``.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import struct
@@ -88,6 +89,9 @@ def child_main(role: Role, env: Env) -> int:
                 inst.decl.child_init(inst, role.rank)
         if env.ready_fd >= 0:
             os.write(env.ready_fd, struct.pack("<i", role.rank))
+        # everything allocated so far lives as long as the process: keep the
+        # collector (and its writes to shared copy-on-write pages) off it
+        gc.freeze()
         return role.run(env)
     except _Stop:
         return 0
