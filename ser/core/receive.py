@@ -136,27 +136,30 @@ class Core:
         if not msg.is_request or msg.method == "ACK":
             return False
         rcv = ctx.rcv
-        extra = list(headers)
-        if ctx.cache.get("reply_headers"):
-            extra += ctx.cache["reply_headers"]
-        raw = build_reply(msg, code, reason, headers=extra, body=body, server=self.server,
+        extra = ctx.cache.get("reply_headers")
+        if extra:
+            headers = [*headers, *extra]
+        raw = build_reply(msg, code, reason, headers=headers, body=body, server=self.server,
                           received=rcv.host, rport=rcv.port)
-        ok = self.send(self._reply_dest(ctx), raw)
-        if ok:
-            self.stats.inc(f"sl:{code // 100}xx_replies")
-        return ok
-
-    def _reply_dest(self, ctx: Context) -> Dest:
-        """RFC 3261 18.2.2 / RFC 3581: back to the source (connection, or address
-        with the rport or Via port)."""
-        rcv = ctx.rcv
-        if rcv.proto != "udp":
-            return rcv
-        via = ctx.msg.via
-        port = rcv.port
-        if via is not None and via.rport is None and not ctx.options.get("force_rport"):
-            port = via.port or 5060
-        return Dest("udp", rcv.host, port, rcv.si)
+        if rcv.proto == "udp":
+            # RFC 3261 18.2.2 / RFC 3581: the source address, and the source
+            # port when rport was asked for, else the Via port
+            via = msg.via
+            port = rcv.port
+            if via is not None and via.rport is None and not ctx.options.get("force_rport"):
+                port = via.port or 5060
+            try:
+                rcv.si.sock.sendto(raw, (rcv.host, port))
+            except OSError as e:
+                _bad_log(logging.ERROR, "reply to %s:%s failed: %s", rcv.host, port,
+                         e.strerror or e)
+                self.stats.inc("sl:failures")
+                return False
+        elif not self.send(rcv, raw):
+            self.stats.inc("sl:failures")
+            return False
+        self.stats.inc(_SL_STATS[code // 100])
+        return True
 
     # -- sending ------------------------------------------------------------------
     def send(self, dest: Dest, data: bytes) -> bool:
@@ -268,6 +271,7 @@ class Core:
         return ok
 
 
+_SL_STATS = [f"sl:{i}xx_replies" for i in range(7)]
 _PHRASES = {400: "Bad Request", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
             505: "Version Not Supported", 513: "Message Too Large"}
 

@@ -170,3 +170,19 @@ def test_protocol_errors_carry_their_status(raw, status):
 def test_bare_lf_line_ends_are_accepted():
     m = parse_message(REQ.replace(b"\r\n", b"\n"), strict=True)
     assert m.call_id == "c1@192.0.2.1" and m.body == b"hello"
+
+
+def test_reply_rport_in_the_middle_and_combined_via_lines():
+    raw = REQ.replace(b"branch=z9hG4bK111;rport", b"rport;branch=z9hG4bK111;alias")
+    r = parse_message(build_reply(parse_message(raw), 200, "OK", received="198.51.100.7",
+                                  rport=40000))
+    top = r.vias[0]
+    assert (top.rport, top.received, top.branch) == ("40000", "198.51.100.7", "z9hG4bK111")
+    assert "alias" in top.params
+    raw = REQ.replace(b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK111;rport\r\n"
+                      b"Via: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK999\r\n",
+                      b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK111;rport, "
+                      b"SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK999\r\n")
+    r = parse_message(build_reply(parse_message(raw), 200, "OK", received="198.51.100.7",
+                                  rport=40000))
+    assert [(v.rport, v.received) for v in r.vias] == [("40000", "198.51.100.7"), (None, None)]

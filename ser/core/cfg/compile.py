@@ -261,6 +261,9 @@ class Compiler:
         self.calls: dict[tuple[str, str], set[str]] = {}
         self.current: tuple[str, str] = ("", "")
         self.loop_depth = 0
+        # how exit/drop/0 leave: a plain return in a top-level route, an
+        # exception through the callers in a route[NAME] called with route()
+        self.stop = "raise EXIT"
 
     # -- helpers -------------------------------------------------------------
     def bind(self, obj: Any, prefix: str = "K") -> str:
@@ -303,6 +306,7 @@ class Compiler:
                 continue
             done.add(key)
             self.current = key
+            self.stop = "raise EXIT" if r.kind == "route" and r.name else "return 0"
             self.uses[key] = []
             self.calls[key] = set()
             self.emit(0, f"def {self.route_names[key]}(ctx):")
@@ -358,7 +362,7 @@ class Compiler:
             code = self.call(st.expr, statement=True)
             self.emit(ind, f"_r = {code}")
             self.emit(ind, "ctx.retcode = _r")
-            self.emit(ind, "if _r == 0: raise EXIT")
+            self.emit(ind, f"if _r == 0: {self.stop}")
         elif isinstance(st, ast.Assign):
             self.assign(st, ind)
         elif isinstance(st, ast.If):
@@ -372,10 +376,10 @@ class Compiler:
             for s in st.stmts:
                 self.statement(s, ind)
         elif isinstance(st, ast.Exit):
-            self.emit(ind, "raise EXIT")
+            self.emit(ind, self.stop)
         elif isinstance(st, ast.Drop):
             self.emit(ind, "ctx.dropped = True")
-            self.emit(ind, "raise EXIT")
+            self.emit(ind, self.stop)
         elif isinstance(st, ast.Return):
             if st.value is None:
                 self.emit(ind, "return 1")
@@ -463,7 +467,7 @@ class Compiler:
         code = self.call(inner, statement=True)
         self.emit(ind, f"_r = {code}")
         self.emit(ind, "ctx.retcode = _r")
-        self.emit(ind, "if _r == 0: raise EXIT")
+        self.emit(ind, f"if _r == 0: {self.stop}")
         return "_r <= 0" if neg else "_r > 0"
 
     # -- expressions ---------------------------------------------------------

@@ -74,6 +74,10 @@ def _via_with_source(req: SipMessage, value: str, received: str | None,
     via = req.via
     if via is None:
         return value
+    if value.endswith(";rport") and "," not in value and rport is not None \
+            and received is not None and "received" not in via.params:
+        # the common spelling (sipp, most phones): the flag last, nothing to keep
+        return f"{value[:-6]};rport={rport};received={received}"
     items = split_list(value) if "," in value else [value.strip()]
     first = items[0]
     params = via.params
