@@ -188,9 +188,16 @@ def _parse_one_via(text: str) -> Via:
         if rest:
             for p in rest[1:].split(";"):
                 name, eq, value = p.partition("=")
-                params[name.lower()] = value if eq else None
-        return _checked_via(Via("SIP", "2.0", transport.upper(), host,
-                                int(port) if port else None, params, text))
+                name = name.lower()
+                if not eq and name in _NEED_VALUE:
+                    raise bad(f"Via {name} parameter without a value")
+                params[name] = value if eq else None
+        portn = None
+        if port:
+            portn = int(port)
+            if portn > 65535:
+                raise bad("Via port out of range")
+        return Via("SIP", "2.0", transport.upper(), host, portn, params, text)
     m = abnf.VIA.match(text)
     if not m:
         raise bad("bad Via header")
@@ -198,6 +205,9 @@ def _parse_one_via(text: str) -> Via:
     params = parse_params(text, m.end(), "Via")
     return _checked_via(Via(proto.upper(), ver, transport.upper(), host,
                             int(port) if port else None, params, text))
+
+
+_NEED_VALUE = frozenset(("branch", "received", "maddr", "ttl"))
 
 
 def _checked_via(via: Via) -> Via:

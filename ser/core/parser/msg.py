@@ -69,15 +69,15 @@ class lazy:
 class SipMessage:
     """A parsed request or reply. Read-only; see the package docstring for the API."""
 
-    __slots__ = ("method", "ruri", "status", "reason", "raw", "body", "first_line",
-                 "_lines", "_parts", "_keys", "_end", "_edits", "_cache", "_loose_first")
+    __slots__ = ("method", "ruri", "raw", "body", "first_line",
+                 "_lines", "_parts", "_keys", "_end", "_edits", "_cache")
 
     is_request = True
     version = "SIP/2.0"
+    status = 0             # a reply's own values shadow these (SipReply.__slots__)
+    reason = ""
     method: str            # for a reply: the CSeq method
     ruri: str
-    status: int
-    reason: str
     raw: bytes
     body: bytes
     first_line: str
@@ -344,7 +344,7 @@ def _check_header_text(name: str, value: str) -> None:
 
 
 class SipReply(SipMessage):
-    __slots__ = ()
+    __slots__ = ("status", "reason")
     is_request = False
 
 
@@ -384,13 +384,13 @@ def _parse(data: bytes, max_size: int) -> SipMessage:
     if not all(keys):
         lines, parts, keys = _slow_index(lines)
 
-    if first.startswith("SIP/") or first[:4].upper() == "SIP/":
+    if first[:1] in "Ss" and first[:4].upper() == "SIP/":
         msg: SipMessage = object.__new__(SipReply)
-        msg._loose_first = False
+        msg._cache = {}
         _parse_status_line(msg, first)
     else:
         msg = object.__new__(SipMessage)
-        msg._loose_first = False
+        msg._cache = {}
         _parse_request_line(msg, first)
     msg.first_line = first
     msg.raw = data
@@ -398,7 +398,6 @@ def _parse(data: bytes, max_size: int) -> SipMessage:
     msg._parts = parts
     msg._keys = keys
     msg._edits = None
-    msg._cache = {}
 
     if "content-length" in keys:
         end = body_start + _content_length(msg, parts, keys)
@@ -477,7 +476,7 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
             status = 400 if len(loose) >= 2 and abnf.METHOD.fullmatch(loose[0]) else None
             raise ProtocolError(status, "bad request line")
         parts = loose
-        msg._loose_first = True
+        msg._cache["loose_first_line"] = True
     method, ruri, version = parts
     if method not in _METHODS and not abnf.METHOD.fullmatch(method):
         raise ProtocolError(None, "bad request method")
@@ -490,8 +489,6 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
         raise ProtocolError(414, "Request-URI Too Long")
     msg.method = method
     msg.ruri = ruri
-    msg.status = 0
-    msg.reason = ""
 
 
 def _parse_status_line(msg: SipMessage, line: str) -> None:
@@ -514,7 +511,7 @@ def _strict_checks(msg: SipMessage) -> None:
     """Every typed header parsed, the message-level rules of RFC 3261 checked."""
     status = 400 if msg.is_request else None
     try:
-        if msg._loose_first:
+        if msg._cache.get("loose_first_line"):
             raise bad("request line elements must be separated by one SP")
         keys = msg._keys
         for key in _REQUIRED:
