@@ -277,6 +277,37 @@ def _na_get(attr: str, what: str) -> Callable[[Any, Any], Value]:
     return get
 
 
+def _na_setter(attr: str, header: str, what: str) -> Callable[[Any, Any, Value], None]:
+    """Writing $fu $fU $fd $fn / $tu $tU $td $tn: the header is rewritten (an edit),
+    keeping its tag and other parameters; later writes build on earlier ones."""
+    def set_(ctx: Any, _: Any, value: Value) -> None:
+        import dataclasses
+
+        from ser.core.parser import NameAddr, SipURI, parse_uri
+        key = f"na:{attr}"
+        cur = ctx.cache.get(key) or getattr(ctx.msg, attr, None)
+        if cur is None:
+            return
+        uri, display = cur.uri, cur.display
+        text = "" if value is None else str(value)
+        if what == "uri":
+            uri = parse_uri(text)
+        elif what == "display":
+            display = text
+        elif isinstance(uri, SipURI):
+            uri = dataclasses.replace(uri, **{what: text or None}, text="")
+        else:
+            return
+        shown = ""
+        if display:
+            shown = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '" '
+        params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in cur.params.items())
+        new_text = f"{shown}<{uri}>{params}"
+        ctx.cache[key] = NameAddr(display, uri, cur.params, new_text, True)
+        ctx.msg.replace_header(header, new_text)
+    return set_
+
+
 def _const_getter(fn: Callable[[Any], Value]) -> Callable[[Any, Any], Value]:
     return lambda ctx, _: fn(ctx)
 
@@ -343,12 +374,37 @@ def _avp_set(ctx: Any, name: str, value: Value) -> None:
         ctx.avps.setdefault(name, []).append(value)
 
 
+SHV_TABLE = "shv"     # created by the master (ser/core/shmstate.py)
+
+
+def _shv_table(ctx: Any) -> Any:
+    shm = getattr(ctx.rt, "shm", None)
+    return shm.table(SHV_TABLE) if shm is not None else None
+
+
 def _shv_get(ctx: Any, name: str) -> Value:
-    return ctx.rt.shv.get(name)
+    """$shv(x): shared by every process (a shm table); per process outside a daemon."""
+    table = _shv_table(ctx)
+    if table is None:
+        return ctx.rt.shv.get(name)
+    raw = table.get(name.encode())
+    if raw is None:
+        return None
+    return int.from_bytes(raw[1:], "big", signed=True) if raw[:1] == b"i" else \
+        raw[1:].decode("utf-8", "surrogateescape")
 
 
 def _shv_set(ctx: Any, name: str, value: Value) -> None:
-    ctx.rt.shv[name] = 0 if value is None else value
+    value = 0 if value is None else value
+    table = _shv_table(ctx)
+    if table is None:
+        ctx.rt.shv[name] = value
+        return
+    if isinstance(value, int):
+        raw = b"i" + value.to_bytes(8, "big", signed=True)
+    else:
+        raw = b"s" + str(value).encode("utf-8", "surrogateescape")
+    table.set(name.encode(), raw)
 
 
 def _retcode_get(ctx: Any, _: Any) -> Value:
@@ -449,15 +505,21 @@ _core: list[PVDecl] = [
     PVDecl("rm", _m(lambda c: c.msg.method), doc="method", inline="ctx.msg.method"),
     PVDecl("rs", _m(lambda c: None if c.msg.is_request else c.msg.status), doc="reply status"),
     PVDecl("rr", _m(lambda c: None if c.msg.is_request else c.msg.reason), doc="reply reason"),
-    PVDecl("fu", _na_get("from_", "uri"), doc="From URI"),
-    PVDecl("fU", _uri_part(_na_uri("from_"), "user"), doc="From URI user"),
-    PVDecl("fd", _uri_part(_na_uri("from_"), "host"), doc="From URI host"),
-    PVDecl("fn", _na_get("from_", "display"), doc="From display name"),
+    PVDecl("fu", _na_get("from_", "uri"), _na_setter("from_", "From", "uri"), doc="From URI"),
+    PVDecl("fU", _uri_part(_na_uri("from_"), "user"), _na_setter("from_", "From", "user"),
+           doc="From URI user"),
+    PVDecl("fd", _uri_part(_na_uri("from_"), "host"), _na_setter("from_", "From", "host"),
+           doc="From URI host"),
+    PVDecl("fn", _na_get("from_", "display"), _na_setter("from_", "From", "display"),
+           doc="From display name"),
     PVDecl("ft", _na_get("from_", "tag"), doc="From tag"),
-    PVDecl("tu", _na_get("to", "uri"), doc="To URI"),
-    PVDecl("tU", _uri_part(_na_uri("to"), "user"), doc="To URI user"),
-    PVDecl("td", _uri_part(_na_uri("to"), "host"), doc="To URI host"),
-    PVDecl("tn", _na_get("to", "display"), doc="To display name"),
+    PVDecl("tu", _na_get("to", "uri"), _na_setter("to", "To", "uri"), doc="To URI"),
+    PVDecl("tU", _uri_part(_na_uri("to"), "user"), _na_setter("to", "To", "user"),
+           doc="To URI user"),
+    PVDecl("td", _uri_part(_na_uri("to"), "host"), _na_setter("to", "To", "host"),
+           doc="To URI host"),
+    PVDecl("tn", _na_get("to", "display"), _na_setter("to", "To", "display"),
+           doc="To display name"),
     PVDecl("tt", _na_get("to", "tag"), doc="To tag"),
     PVDecl("ci", _m(lambda c: c.msg.call_id), doc="Call-ID"),
     PVDecl("cs", _m(lambda c: c.msg.cseq.num), doc="CSeq number"),

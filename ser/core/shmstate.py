@@ -7,6 +7,7 @@ from typing import Any
 
 from ser.core import testhooks
 from ser.core.procs import MAX_PROCS
+from ser.core.pv import SHV_TABLE
 from ser.shm import Shm, remove_stale, segment_name
 
 CORE_STATS = (
@@ -25,5 +26,6 @@ def create(cfg: Any, mb: int) -> tuple[Shm, Any]:
         shm.stats.declare(name)
     for inst in cfg.modules.values():
         inst.state["shm"] = shm
+    shm.create_table(SHV_TABLE, 4)          # $shv(name)
     testhooks.create(shm)
     return shm, shm.stats
