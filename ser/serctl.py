@@ -1,6 +1,10 @@
 """`serctl`: the operator's control client (kamctl/kamcmd for ser).
 
     serctl [-s SOCKET | --fifo FIFO] rpc METHOD [ARGS...]
+    serctl ul show [AOR]            ul.dump / ul.lookup
+    serctl ul rm AOR                ul.rm
+    serctl db init [URL]            create Kamailio's tables (default: $SER_DB_URL
+                                    or sqlite:///var/lib/ser/ser.db)
 
 Talks JSON-RPC 2.0 to the control process over its UNIX datagram socket
 (default: the default runtime directory's ``ser_rpc.sock``) or its FIFO.
@@ -50,6 +54,9 @@ def call_dgram(path: str, req: dict[str, Any], timeout: float = TIMEOUT) -> dict
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             s.bind(me)
+            # the server may run as another user (ser -u): let it answer
+            os.chmod(d, 0o755)
+            os.chmod(me, 0o777)
             s.settimeout(timeout)
             try:
                 s.sendto(json.dumps(req).encode(), path)
@@ -69,6 +76,7 @@ def call_fifo(path: str, req: dict[str, Any], timeout: float = TIMEOUT,
     name = f"serctl_reply_{os.getpid()}_{int(time.time() * 1000)}"
     reply = os.path.join(reply_dir, name)
     os.mkfifo(reply, 0o600)
+    os.chmod(reply, 0o622)           # the server may run as another user (ser -u)
     try:
         rfd = os.open(reply, os.O_RDONLY | os.O_NONBLOCK)
         try:
@@ -106,8 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rpc", help="call an RPC method")
     r.add_argument("method")
     r.add_argument("params", nargs="*")
+    ul = sub.add_parser("ul", help="the location service")
+    ul.add_argument("action", choices=("show", "rm"))
+    ul.add_argument("aor", nargs="?")
+    ul.add_argument("--table", default="location")
+    db = sub.add_parser("db", help="the database")
+    db.add_argument("action", choices=("init",))
+    db.add_argument("url", nargs="?")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    req = request(args.method, [_param(x) for x in args.params])
+    if args.cmd == "db":
+        return db_init(args.url)
+    if args.cmd == "ul":
+        if args.action == "rm" and not args.aor:
+            p.error("ul rm needs an AOR")
+        if args.action == "rm":
+            req = request("ul.rm", [args.table, args.aor])
+        elif args.aor:
+            req = request("ul.lookup", [args.table, args.aor])
+        else:
+            req = request("ul.dump", [])
+    else:
+        req = request(args.method, [_param(x) for x in args.params])
     try:
         if args.fifo:
             resp = call_fifo(args.fifo, req, args.timeout)
@@ -123,6 +150,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.get('code')} - {err.get('message')}", file=sys.stderr)
         return 1
     print(json.dumps(resp.get("result"), indent=2))
+    return 0
+
+
+DEFAULT_DB_URL = "sqlite:///var/lib/ser/ser.db"
+
+
+def db_init(url: str | None) -> int:
+    """Create Kamailio's tables and version rows in the database at ``url``."""
+    from ser.core.db import DbError, connect, parse_url
+    from ser.core.db.schema import init_db
+
+    url = url or os.environ.get("SER_DB_URL") or DEFAULT_DB_URL
+    try:
+        u = parse_url(url)
+        if u.scheme == "sqlite" and os.path.dirname(u.database):
+            os.makedirs(os.path.dirname(u.database), exist_ok=True)
+        conn = connect(u)
+    except (ValueError, DbError) as e:
+        print(f"serctl: {e}", file=sys.stderr)
+        return 1
+    try:
+        names = init_db(conn)
+    except DbError as e:
+        print(f"serctl: {e}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(f"created {', '.join(names)} in {u.redacted()}")
     return 0
 
 

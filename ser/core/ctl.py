@@ -42,14 +42,19 @@ def ctl_paths(env_cfg: Any, rundir: str) -> tuple[str | None, str | None, str]:
     return fifo_path, dgram_path, reply_dir
 
 
-def create_endpoints(fifo: str | None, dgram: str | None) -> socket.socket | None:
-    """Made by the master before the fork, removed by it at shutdown."""
+def create_endpoints(fifo: str | None, dgram: str | None) -> tuple[int, socket.socket | None]:
+    """Made (and opened) by the master before the fork and before it drops
+    privileges; removed by it at shutdown. Returns (FIFO fd or -1, socket)."""
+    fifo_fd = -1
     if fifo:
         if os.path.exists(fifo):
             if not stat.S_ISFIFO(os.stat(fifo).st_mode):
                 raise OSError(errno.EEXIST, f"{fifo} exists and is not a FIFO")
             os.unlink(fifo)
         os.mkfifo(fifo, 0o660)
+        os.chmod(fifo, 0o660)        # not narrowed by the umask
+        # O_RDWR keeps a writer open, so the FIFO never reports EOF
+        fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     sock = None
     if dgram:
         if os.path.exists(dgram):
@@ -57,17 +62,17 @@ def create_endpoints(fifo: str | None, dgram: str | None) -> socket.socket | Non
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(dgram)
         os.chmod(dgram, 0o660)
-    return sock
+    return fifo_fd, sock
 
 
 class CtlProcess(Role):
     kind = "ctl"
 
-    def __init__(self, rank: int, registry: RpcRegistry, fifo: str | None,
+    def __init__(self, rank: int, registry: RpcRegistry, fifo_fd: int,
                  dgram_sock: socket.socket | None, reply_dir: str) -> None:
         super().__init__(rank, "ctl handler (jsonrpcs: fifo, dgram)")
         self.registry = registry
-        self.fifo = fifo
+        self.fifo_fd = fifo_fd
         self.dgram = dgram_sock
         self.reply_dir = reply_dir
 
@@ -76,10 +81,8 @@ class CtlProcess(Role):
                               cfg=env.cfg, registry=self.registry, started=env.started,
                               rt=env.rt)
         sel = selectors.DefaultSelector()
-        fifo_fd = -1
-        if self.fifo:
-            # O_RDWR keeps a writer open, so the FIFO never reports EOF
-            fifo_fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK)
+        fifo_fd = self.fifo_fd
+        if fifo_fd >= 0:
             sel.register(fifo_fd, selectors.EVENT_READ, "fifo")
         if self.dgram is not None:
             self.dgram.setblocking(False)

@@ -131,12 +131,12 @@ class Master:
                 raise BindError(f"{si}: TLS is not available yet")
             bind(si)
         os.makedirs(opts.rundir, exist_ok=True)
-        self._drop_privileges()
         self.procs = ProcTable()
-        self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)))
+        self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
+                                           int(values.get("debug", 0)) + opts.debug)
         self.shm.child_init(0)
         fifo, dgram, reply_dir = ctl_paths(self.cfg, opts.rundir)
-        dgram_sock = create_endpoints(fifo, dgram)
+        fifo_fd, dgram_sock = create_endpoints(fifo, dgram)
         self.cleanup_paths += [p for p in (fifo, dgram) if p]
         local = set()
         if any(si.host in ("0.0.0.0", "::") for si in self.sockets):
@@ -160,30 +160,50 @@ class Master:
                 rank += 1
         self.slots[rank] = Slot(TimerProcess(rank))
         rank += 1
-        self.slots[rank] = Slot(CtlProcess(rank, registry, fifo, dgram_sock, reply_dir))
+        self.slots[rank] = Slot(CtlProcess(rank, registry, fifo_fd, dgram_sock, reply_dir))
         self.ready_r, self.ready_w = os.pipe()
         self.env.ready_fd = self.ready_w
         for inst in self.cfg.modules.values():
             if inst.decl.mod_init is not None:
                 inst.decl.mod_init(inst)
+        # the pid file is opened now (it may be in a directory only root can
+        # write) and written once every child is ready
+        self.pid_fd = -1
+        if opts.pid_file:
+            self.pid_fd = os.open(opts.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.cleanup_paths.append(opts.pid_file)
+        # last: everything above may need root (or files only root can read)
+        self._drop_privileges()
 
     def _drop_privileges(self) -> None:
+        """-u/-g (or user/group): the runtime dir and the control endpoints are
+        handed to that user, then the master (and so every child) becomes it."""
         import grp
         import pwd
         opts = self.opts
         user = opts.user or str(self.values.get("user") or self.values.get("uid") or "")
         group = opts.group or str(self.values.get("group") or self.values.get("gid") or "")
+        if not user and not group:
+            return
+        uid = gid = -1
         if group:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-            os.chown(opts.rundir, -1, gid)
-            os.setgid(gid)
+        pw = None
         if user:
             pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-            os.chown(opts.rundir, pw.pw_uid, -1)
-            if not group:
-                os.setgid(pw.pw_gid)
-            os.initgroups(pw.pw_name, pw.pw_gid) if os.getuid() == 0 else None
+            uid = pw.pw_uid
+            if gid < 0:
+                gid = pw.pw_gid
+        shm_file = f"/dev/shm/{self.shm.arena.name.lstrip('/')}" if self.shm else None
+        for path in [opts.rundir, *self.cleanup_paths, shm_file]:
+            if path and path != opts.pid_file and os.path.exists(path):
+                os.chown(path, uid, gid)
+        if gid >= 0:
+            os.setgroups([])
+            os.setgid(gid)
+        if pw is not None:
             os.setuid(pw.pw_uid)
+        log.info("running as uid %d gid %d", os.getuid(), os.getgid())
 
     def _daemonize(self) -> None:
         """Fork into the background; the creator waits until every child is ready."""
@@ -289,10 +309,10 @@ class Master:
                     self.notify_fd = -1
 
     def _write_pid_file(self) -> None:
-        if self.opts.pid_file:
-            with open(self.opts.pid_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.cleanup_paths.append(self.opts.pid_file)
+        if self.pid_fd >= 0:
+            os.write(self.pid_fd, f"{os.getpid()}\n".encode())
+            os.close(self.pid_fd)
+            self.pid_fd = -1
 
     def _reap(self) -> None:
         while True:
@@ -423,8 +443,9 @@ def _version() -> str:
     return __version__
 
 
-def _create_shm(cfg: Any, mb: int) -> tuple[Any, Any]:
-    """The shared-memory arena and the statistics counters (before the fork)."""
+def _create_shm(cfg: Any, mb: int, debug: int) -> tuple[Any, Any]:
+    """The shared-memory arena, the statistics counters and the run-time
+    configuration values (before the fork)."""
     from ser.core.shmstate import create
-    return create(cfg, mb)
+    return create(cfg, mb, debug)
 

@@ -1,11 +1,14 @@
 """The shared state the master creates before the fork: one arena, its tables,
-and the core statistics (declared here, so every process can count them)."""
+the core statistics (declared here, so every process can count them) and the
+run-time configuration values (ser.core.cfgvars; each module instance finds
+them as ``state["cfgvars"]``, as it finds the arena as ``state["shm"]``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ser.core import testhooks
+from ser.core.cfgvars import CfgVars
 from ser.core.procs import MAX_PROCS
 from ser.core.pv import SHV_TABLE
 from ser.shm import Shm, remove_stale, segment_name
@@ -19,13 +22,18 @@ CORE_STATS = (
 )
 
 
-def create(cfg: Any, mb: int) -> tuple[Shm, Any]:
+def create(cfg: Any, mb: int, debug: int | None = None) -> tuple[Shm, Any]:
     remove_stale()            # segments of masters that died without cleaning up
     shm = Shm.create(segment_name(), mb << 20, max_procs=MAX_PROCS)
     for name in CORE_STATS:
         shm.stats.declare(name)
+    if debug is None:
+        debug = int(cfg.settings.values.get("debug", 0))
+    cfgvars = CfgVars.create(shm.arena, {"core.debug": max(-5, min(3, debug))})
+    cfgvars.install_handler()
     for inst in cfg.modules.values():
         inst.state["shm"] = shm
+        inst.state["cfgvars"] = cfgvars
     shm.create_table(SHV_TABLE, 4)          # $shv(name)
     testhooks.create(shm)
     return shm, shm.stats

@@ -305,3 +305,21 @@ def test_worker_killed_holding_a_shm_lock_does_not_wedge_the_others(ser_factory,
         assert reply is not None and reply.startswith(b"SIP/2.0 200 Touched"), reply
     assert udp_exchange(sip_options(ser.port), ser.port).startswith(b"SIP/2.0 200 OK")
     assert f"child {holder} " in ser.logtext()
+
+
+def test_privileges_dropped_after_binding(ser_factory, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change user (the test runs as root in CI)")
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    ser = ser_factory(args=["-u", "nobody", "-g", str(nobody.pw_gid)], start=False)
+    os.chmod(ser.tmp, 0o777)
+    os.chmod(tmp_path, 0o755)
+    ser.start()
+    for pid in ser.children():
+        with open(f"/proc/{pid}/status") as f:
+            uid_line = next(line for line in f if line.startswith("Uid:"))
+        assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2
+    assert udp_exchange(sip_options(ser.port), ser.port).startswith(b"SIP/2.0 200 OK")
+    assert ser.rpc("core.uptime")["uptime"] >= 0
+    assert ser.rpc("core.uptime", fifo=True)["uptime"] >= 0

@@ -29,6 +29,7 @@ from typing import Any
 
 from ser.core.cfg import ast
 from ser.core.cfg.errors import CfgError, Pos, did_you_mean
+from ser.core.cfg.lexer import scan_pv
 from ser.core.cfg.parser import KEYWORDS
 from ser.core.cfg.runtime import EXIT, Context, ScriptExit
 from ser.core.module import (
@@ -689,6 +690,15 @@ class Compiler:
         kind = spec.kind
         text = getattr(a, "raw", None) or str(getattr(a, "value", ""))
         if kind == "pv":
+            if isinstance(a, ast.Str) and a.value.startswith("$") \
+                    and scan_pv(a.value, 0) == len(a.value):
+                # "$var(x)" quoted, as Kamailio's configs write variable arguments
+                try:
+                    ref = self.resolver.parse_text(a.value, a.pos)
+                except CfgError as e:
+                    self.errors.append(e)
+                    raise _Fail() from None
+                return FixedArg(const=ref, pos=a.pos, text=text)
             if not isinstance(a, ast.PV):
                 raise self.fail(a.pos, f"argument {i + 1} of '{fn.name}' must be a "
                                 "pseudo-variable")
