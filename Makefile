@@ -26,7 +26,7 @@ deps:
 	bash scripts/deps.sh
 
 test: deps install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash scripts/services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

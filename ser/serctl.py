@@ -164,8 +164,10 @@ def db_init(url: str | None) -> int:
     url = url or os.environ.get("SER_DB_URL") or DEFAULT_DB_URL
     try:
         u = parse_url(url)
-        if u.scheme == "sqlite" and os.path.dirname(u.database):
-            os.makedirs(os.path.dirname(u.database), exist_ok=True)
+        if u.scheme == "sqlite":
+            d = os.path.dirname(u.database)
+            if d:
+                os.makedirs(d, exist_ok=True)
         conn = connect(u)
     except (ValueError, DbError) as e:
         print(f"serctl: {e}", file=sys.stderr)
