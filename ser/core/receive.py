@@ -139,8 +139,15 @@ class Core:
         extra = ctx.cache.get("reply_headers")
         if extra:
             headers = [*headers, *extra]
-        raw = build_reply(msg, code, reason, headers=headers, body=body, server=self.server,
-                          received=rcv.host, rport=rcv.port)
+        try:
+            raw = build_reply(msg, code, reason, headers=headers, body=body,
+                              server=self.server, received=rcv.host, rport=rcv.port)
+        except ProtocolError as e:
+            # nothing to route a reply by (no or broken Via): the request is dropped
+            _bad_log(logging.WARNING, "cannot answer %s from %s:%s: %s", msg.method,
+                     rcv.host, rcv.port, e.reason)
+            self.stats.inc("sl:failures")
+            return False
         if rcv.proto == "udp":
             # RFC 3261 18.2.2 / RFC 3581: the source address, and the source
             # port when rport was asked for, else the Via port

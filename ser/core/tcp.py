@@ -23,6 +23,7 @@ import logging
 import selectors
 import socket
 import time
+import traceback
 
 from ser.core.log import RateLimited, log
 from ser.core.net import SocketInfo
@@ -169,7 +170,12 @@ class TcpWorker(Role):
             c.framer.pings = 0
             self._write(c, b"\r\n" * pings)
         for m in msgs:
-            self.core.receive(m, c.si, c.addr, c)
+            try:
+                self.core.receive(m, c.si, c.addr, c)
+            except Exception:  # noqa: BLE001 - one message must never cost the worker
+                self.core.stats.inc("core:err_requests")
+                _log(logging.ERROR, "message from tcp:%s:%s not handled:\n%s", c.addr[0],
+                     c.addr[1], traceback.format_exc())
             if c.sock.fileno() < 0:
                 return
         c.partial_since = (c.partial_since or now) if c.framer.pending else 0.0

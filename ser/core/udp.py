@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
+
+from ser.core.log import RateLimited
 from ser.core.net import SocketInfo
 from ser.core.receive import Core
 from ser.core.roles import Env, Role
 
 MAX_DATAGRAM = 65535
+_log = RateLimited(interval=10.0, burst=5)
 
 
 class UdpReceiver(Role):
@@ -29,4 +34,9 @@ class UdpReceiver(Role):
             data, addr = recv(MAX_DATAGRAM)
             if len(data) <= 4 and not data.strip():
                 continue                  # keep-alive CRLFs and empty datagrams
-            receive(data, si, addr[:2])
+            try:
+                receive(data, si, addr[:2])
+            except Exception:  # noqa: BLE001 - one message must never cost the worker
+                core.stats.inc("core:err_requests")
+                _log(logging.ERROR, "message from %s:%s not handled:\n%s", addr[0], addr[1],
+                     traceback.format_exc())

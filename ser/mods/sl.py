@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ser.core.log import log
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RouteType
+from ser.core.parser import ProtocolError
 
 R = RouteType
 
@@ -27,7 +29,14 @@ def sl_send_reply(ctx: Any, code: int, reason: str) -> int:
     if core is None:
         ctx.actions.append(("reply", code, reason))
         return 1
-    return 1 if core.reply(ctx, int(code), reason) else -1
+    try:
+        return 1 if core.reply(ctx, int(code), reason) else -1
+    except (ProtocolError, ValueError) as e:
+        # a request without a readable Via or To cannot be answered; raised
+        # into the route, the receive loop would try to answer it again
+        log.warning("sl_send_reply: cannot answer %s from %s:%s: %s", ctx.msg.method,
+                    ctx.src_ip, ctx.src_port, getattr(e, "reason", e))
+        return -1
 
 
 def sl_reply_error(ctx: Any) -> int:

@@ -186,3 +186,11 @@ def test_reply_rport_in_the_middle_and_combined_via_lines():
     r = parse_message(build_reply(parse_message(raw), 200, "OK", received="198.51.100.7",
                                   rport=40000))
     assert [(v.rport, v.received) for v in r.vias] == [("40000", "198.51.100.7"), (None, None)]
+
+
+def test_reply_to_a_request_without_via_is_a_protocol_error_without_status():
+    raw = b"OPTIONS sip:a@b SIP/2.0\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\n" \
+          b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    with pytest.raises(ProtocolError) as e:
+        build_reply(parse_message(raw), 200, "OK", received="127.0.0.1", rport=5060)
+    assert e.value.status is None

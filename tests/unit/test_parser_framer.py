@@ -107,3 +107,11 @@ def test_compact_content_length_and_waiting_for_body():
     head = b"MESSAGE sip:a@b SIP/2.0\r\nl: 5\r\n\r\n"
     assert f.feed(head + b"hel") == []
     assert f.feed(b"lo") == [head + b"hello"]
+
+
+def test_whole_messages_before_a_broken_stream_are_returned_first():
+    head = b"MESSAGE sip:a@b SIP/2.0\r\nl: 2\r\n\r\nhi"
+    f = StreamFramer()
+    assert f.feed(head + b"OPTIONS sip:a@b SIP/2.0\r\nl: x\r\n\r\n") == [head]
+    with pytest.raises(ProtocolError):
+        f.feed(b"")

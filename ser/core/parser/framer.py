@@ -19,19 +19,33 @@ _CL = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$
 class StreamFramer:
     """Feed bytes in any chunking; get whole messages out, in order."""
 
-    __slots__ = ("buf", "max_size", "pings")
+    __slots__ = ("buf", "max_size", "pings", "_error")
 
     def __init__(self, max_size: int = 65535) -> None:
         self.buf = bytearray()
         self.max_size = max_size
         self.pings = 0
+        self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Whole messages completed by ``data``. Raises ProtocolError on a
-        broken stream (the connection should then be closed)."""
+        broken stream (the connection should then be closed) — after the
+        whole messages before the break have been returned: then the error
+        comes with the next call."""
+        if self._error is not None:
+            raise self._error
+        out: list[bytes] = []
+        try:
+            self._cut(data, out)
+        except ProtocolError as e:
+            if not out:
+                raise
+            self._error = e
+        return out
+
+    def _cut(self, data: bytes, out: list[bytes]) -> None:
         buf = self.buf
         buf += data
-        out: list[bytes] = []
         while buf:
             if buf[0] in (13, 10):
                 if not self._skip_keepalive():
@@ -54,7 +68,6 @@ class StreamFramer:
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
-        return out
 
     def _skip_keepalive(self) -> bool:
         """Drop leading CR/LF; False when more bytes are needed to decide."""

@@ -39,6 +39,8 @@ def build_reply(req: SipMessage, code: int, reason: str, *, to_tag: str | None =
         raise TypeError("a reply is built from a request")
     if not 100 <= code <= 699:
         raise ValueError(f"bad status code {code}")
+    if "via" not in req._keys:
+        raise ProtocolError(None, "a request without Via cannot be answered")
     keys = req._keys
     hlines = req._lines
     copy = _COPY_RR if 100 < code < 300 else _COPY
