@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-for name in ("bench.parser", "bench.cfg", "bench.shm", "bench.daemon"):
+for name in ("bench.parser", "bench.cfg", "bench.shm", "bench.daemon", "bench.registrar",
+             "bench.proxy"):
     try:
         mod = importlib.import_module(name)
     except ModuleNotFoundError:

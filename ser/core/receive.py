@@ -61,6 +61,12 @@ class Core:
         self.has_reply_route = cfg.routes is not None and cfg.routes.get("reply") is not None
         self.tcp_send: Any = None      # set by the TCP worker: fn(dest, data) -> bool
         rt.core = self
+        # tm's per-process engine (ser.mods.tm), when loaded: replies are
+        # matched to their transaction before the stateless relay
+        tm = cfg.modules.get("tm") if isinstance(getattr(cfg, "modules", None), dict) else None
+        self.tm: Any = tm.state.get("engine") if tm is not None else None
+        if self.tm is not None:
+            self.tm.bind(self)
 
     # -- receiving ----------------------------------------------------------------
     def receive(self, data: bytes, si: SocketInfo, src: tuple[str, int],
@@ -108,6 +114,8 @@ class Core:
             if self.has_reply_route:
                 if self.routes.run("reply", "", ctx) == 0 and ctx.dropped:
                     return
+            if self.tm is not None and self.tm.on_reply(ctx):
+                return
             self.relay_reply(ctx)
         except ProtocolError as e:
             _bad_log(logging.WARNING, "bad reply from %s:%s: %s", src[0], src[1], e.reason)
@@ -236,8 +244,23 @@ class Core:
         return ok
 
     def _via_edits(self, ctx: Context, si: SocketInfo) -> None:
-        """received/rport on the previous hop's Via (RFC 3261 18.2.1, RFC 3581), and
-        our own Via with a branch that is the same for retransmissions."""
+        """received/rport on the previous hop's Via, and our own Via with a
+        branch that is the same for retransmissions."""
+        msg = ctx.msg
+        top = msg.via
+        self.fix_received(ctx)
+        key = "\0".join((top.text if top else "", msg.ruri, ctx.ruri or "",
+                          msg.header("call-id") or "", msg.header("cseq") or ""))
+        branch = "z9hG4bKsl" + hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        rport = ";rport" if ctx.options.get("add_local_rport") else ""
+        msg.add_via(f"SIP/2.0/{si.proto.upper()} {si.hostport};branch={branch}{rport}")
+
+    def fix_received(self, ctx: Context) -> None:
+        """received/rport on the previous hop's Via (RFC 3261 18.2.1, RFC 3581),
+        once per message."""
+        if ctx.cache.get("rcv_fixed"):
+            return
+        ctx.cache["rcv_fixed"] = True
         msg = ctx.msg
         top = msg.via
         if top is not None:
@@ -252,11 +275,24 @@ class Core:
             if new != text:
                 msg.remove_top_via()
                 msg.add_via(new)
-        key = "\0".join((top.text if top else "", msg.ruri, ctx.ruri or "",
-                          msg.header("call-id") or "", msg.header("cseq") or ""))
-        branch = "z9hG4bKsl" + hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        rport = ";rport" if ctx.options.get("add_local_rport") else ""
-        msg.add_via(f"SIP/2.0/{si.proto.upper()} {si.hostport};branch={branch}{rport}")
+
+    def resolve_target(self, target: str) -> tuple[str, str, int, SocketInfo] | None:
+        """(proto, ip, port, socket to send from) of a SIP URI, or None."""
+        try:
+            uri = parse_uri(target)
+        except ProtocolError:
+            return None
+        if not isinstance(uri, SipURI):
+            return None
+        proto = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        port = uri.port or (5061 if proto == "tls" else 5060)
+        ip = _resolve(uri.host.strip("[]"))
+        if ip is None:
+            return None
+        si = self.socket_for(proto, ip)
+        if si is None:
+            return None
+        return proto, ip, port, si
 
     def relay_reply(self, ctx: Context) -> bool:
         """Send a reply on by its second Via, if the top Via is ours."""

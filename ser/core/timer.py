@@ -3,6 +3,9 @@
 Workers never sweep tables: the module declares a ``Timer(name, interval,
 fn)`` and this process calls ``fn(instance, now)`` every ``interval``
 seconds. A task that raises is logged and runs again at its next turn.
+The process has a :class:`ser.core.receive.Core` of its own over the
+inherited sockets (it never receives on them): tm's retransmissions, local
+408s and the failure_route of a timed-out transaction are sent from here.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import heapq
 import time
 
 from ser.core.log import log
+from ser.core.receive import Core
 from ser.core.roles import Env, Role
 
 
@@ -21,6 +25,8 @@ class TimerProcess(Role):
         super().__init__(rank, "timer")
 
     def run(self, env: Env) -> int:
+        if env.rt is not None:
+            Core(env.cfg, env.rt, env.sockets, env.stats)
         now = time.monotonic()
         heap: list[tuple[float, int, object, object]] = []
         n = 0

@@ -33,7 +33,8 @@ def sl_send_reply(ctx: Any, code: int, reason: str) -> int:
         return 1 if core.reply(ctx, int(code), reason) else -1
     except (ProtocolError, ValueError) as e:
         # a request without a readable Via or To cannot be answered; raised
-        # into the route, the receive loop would try to answer it again
+        # into the route, the receive loop would try to answer it again (and fail
+        # again, killing the worker)
         log.warning("sl_send_reply: cannot answer %s from %s:%s: %s", ctx.msg.method,
                     ctx.src_ip, ctx.src_port, getattr(e, "reason", e))
         return -1
@@ -46,7 +47,15 @@ def sl_reply_error(ctx: Any) -> int:
 
 
 def send_reply(ctx: Any, code: int, reason: str) -> int:
-    # stateless until tm exists; with tm a transaction's reply goes through it
+    """Statefully through tm's exported ``t_reply`` when the message has a
+    transaction (and ``bind_tm`` is on), statelessly otherwise."""
+    tm = ctx.rt.modules.get("tm")
+    sl = ctx.rt.modules.get("sl")
+    bind = sl is None or sl.params.get("bind_tm", 1)
+    if tm is not None and bind and ctx.cache.get("tm_txn") is not None:
+        t_reply = tm.decl.function("t_reply")
+        if t_reply is not None:
+            return t_reply.call(ctx, int(code), reason)
     return sl_send_reply(ctx, code, reason)
 
 
