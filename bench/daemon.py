@@ -140,10 +140,12 @@ class Server:
             self.proc.wait()
 
 
-def sipp(port: int, rate: int, calls: int, workdir: str) -> tuple[int, int]:
-    cmd = ["sipp", "-sf", str(SCENARIO), "-m", str(calls), "-r", str(rate), "-i", "127.0.0.1",
-           "-nostdin", "-timeout", f"{calls // rate + 20}s", "-max_socket", "1000",
-           f"127.0.0.1:{port}"]
+def sipp(port: int, rate: int, calls: int, workdir: str, scenario: Path = SCENARIO,
+         extra: tuple[str, ...] = (), slack: int = 20) -> tuple[int, int]:
+    """Run a sipp client scenario to completion: (successful, failed) calls."""
+    cmd = ["sipp", "-sf", str(scenario), "-m", str(calls), "-r", str(rate), "-i", "127.0.0.1",
+           "-nostdin", "-timeout", f"{calls // rate + slack}s", "-max_socket", "1000",
+           *extra, f"127.0.0.1:{port}"]
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     text = out.stdout + out.stderr
     ok = re.search(r"Successful call\s+\|\s+\d+\s+\|\s+(\d+)", text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.daemon import Server, cpu_seconds, free_port
+from bench.daemon import Server, cpu_seconds, free_port, sipp
 
 HERE = Path(__file__).parent
 UAC = HERE / "scenarios" / "uac_call.xml"
@@ -78,16 +77,7 @@ def _sipp_uas(port: int, workdir: str) -> subprocess.Popen[bytes]:
 
 
 def _sipp_uac(port: int, rate: int, calls: int, workdir: str) -> tuple[int, int]:
-    cmd = ["sipp", "-sf", str(UAC), "-m", str(calls), "-r", str(rate), "-i", "127.0.0.1",
-           "-nostdin", "-s", "bob", "-timeout", f"{calls // rate + 40}s", "-recv_timeout",
-           "10000", "-max_socket", "1000", f"127.0.0.1:{port}"]
-    out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    text = out.stdout + out.stderr
-    ok = re.search(r"Successful call\s+\|\s+\d+\s+\|\s+(\d+)", text)
-    failed = re.search(r"Failed call\s+\|\s+\d+\s+\|\s+(\d+)", text)
-    if not ok or not failed:
-        return 0, calls
-    return int(ok.group(1)), int(failed.group(1))
+    return sipp(port, rate, calls, workdir, UAC, ("-s", "bob", "-recv_timeout", "10000"), 40)
 
 
 def measure(server: Server, rate: int, seconds: float, workdir: str) -> tuple[float, float]:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.daemon import Server, cpu_seconds, free_port, tree
+from bench.daemon import Server, cpu_seconds, free_port, sipp, tree
 
 HERE = Path(__file__).parent
 SCENARIO = HERE / "scenarios" / "register.xml"
@@ -80,16 +78,7 @@ def pss_kb(pids: list[int]) -> int:
 
 
 def run_sipp(port: int, rate: int, calls: int, workdir: str) -> tuple[int, int]:
-    cmd = ["sipp", "-sf", str(SCENARIO), "-m", str(calls), "-r", str(rate), "-i", "127.0.0.1",
-           "-nostdin", "-timeout", f"{calls // rate + 30}s", "-max_socket", "1000",
-           f"127.0.0.1:{port}"]
-    out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    text = out.stdout + out.stderr
-    ok = re.search(r"Successful call\s+\|\s+\d+\s+\|\s+(\d+)", text)
-    failed = re.search(r"Failed call\s+\|\s+\d+\s+\|\s+(\d+)", text)
-    if not ok or not failed:
-        return 0, calls
-    return int(ok.group(1)), int(failed.group(1))
+    return sipp(port, rate, calls, workdir, SCENARIO, slack=30)
 
 
 def start(name: str, port: int, workers: int, workdir: str, mb: int) -> Server | None:
