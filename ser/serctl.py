@@ -5,6 +5,21 @@
     serctl ul rm AOR                ul.rm
     serctl db init [URL]            create Kamailio's tables (default: $SER_DB_URL
                                     or sqlite:///var/lib/ser/ser.db)
+    serctl [--db URL] add USER@DOMAIN PASSWORD    a subscriber (password, ha1, ha1b)
+    serctl [--db URL] passwd USER@DOMAIN PASSWORD
+    serctl [--db URL] rm USER@DOMAIN
+    serctl [--db URL] show [USER@DOMAIN]
+    serctl [--db URL] acl grant|revoke|show [USER@DOMAIN] [GROUP]
+    serctl [--db URL] address add GRP IP[/MASK] [PORT] [TAG]
+    serctl [--db URL] address rm GRP IP[/MASK] [PORT]
+    serctl [--db URL] address list
+    serctl address reload           permissions.addressReload
+
+The database of the provisioning commands is ``--db``, else $SER_DB_URL,
+else ``DBURL`` of a serctlrc file ($SERCTLRC, ~/.serctlrc, /etc/ser/serctlrc;
+shell syntax as kamctlrc: ``DBURL="sqlite:///var/lib/ser/ser.db"``), else the
+default above. After changing subscribers serctl asks the running ser to
+drop its credentials cache (``auth_db.flush``), so the change counts at once.
 
 Talks JSON-RPC 2.0 to the control process over its UNIX datagram socket
 (default: the default runtime directory's ``ser_rpc.sock``) or its FIFO.
@@ -121,9 +136,41 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="the database")
     db.add_argument("action", choices=("init",))
     db.add_argument("url", nargs="?")
+    p.add_argument("--db", dest="db_url", help="database URL of the provisioning commands")
+    a = sub.add_parser("add", help="add a subscriber")
+    a.add_argument("user")
+    a.add_argument("password")
+    a = sub.add_parser("passwd", help="change a subscriber's password")
+    a.add_argument("user")
+    a.add_argument("password")
+    a = sub.add_parser("rm", help="remove a subscriber")
+    a.add_argument("user")
+    a = sub.add_parser("show", help="show subscribers")
+    a.add_argument("user", nargs="?")
+    a = sub.add_parser("acl", help="group membership (the grp table)")
+    a.add_argument("action", choices=("grant", "revoke", "show"))
+    a.add_argument("user", nargs="?")
+    a.add_argument("group", nargs="?")
+    a = sub.add_parser("address", help="the permissions address table")
+    a.add_argument("action", choices=("add", "rm", "list", "reload"))
+    a.add_argument("args", nargs="*")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.cmd == "db":
         return db_init(args.url)
+    if args.cmd in ("add", "passwd", "rm", "show", "acl", "address"):
+        if not (args.cmd == "address" and args.action == "reload"):
+            from ser.provision import ProvisionError, run
+            try:
+                out, notify = run(args, db_url(args.db_url))
+            except ProvisionError as e:
+                print(f"serctl: {e}", file=sys.stderr)
+                return 1
+            if out:
+                print(out)
+            if notify:
+                _notify(args, notify)
+            return 0
+        req = request("permissions.addressReload", [])
     if args.cmd == "ul":
         if args.action == "rm" and not args.aor:
             p.error("ul rm needs an AOR")
@@ -133,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             req = request("ul.lookup", [args.table, args.aor])
         else:
             req = request("ul.dump", [])
-    else:
+    elif args.cmd == "rpc":
         req = request(args.method, [_param(x) for x in args.params])
     try:
         if args.fifo:
@@ -154,6 +201,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 DEFAULT_DB_URL = "sqlite:///var/lib/ser/ser.db"
+RC_FILES = ("~/.serctlrc", "/etc/ser/serctlrc")
+
+
+def _rc_url() -> str | None:
+    """DBURL of the first serctlrc found (kamctlrc's shell syntax)."""
+    import re
+    import shlex
+    paths = [os.environ["SERCTLRC"]] if os.environ.get("SERCTLRC") else []
+    for path in [*paths, *RC_FILES]:
+        try:
+            text = open(os.path.expanduser(path)).read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            m = re.match(r"\s*(?:export\s+)?DBURL\s*=\s*(.*)$", line)
+            if m:
+                v = shlex.split(m.group(1), comments=True)
+                return v[0] if v else None
+    return None
+
+
+def db_url(given: str | None) -> str:
+    return given or os.environ.get("SER_DB_URL") or _rc_url() or DEFAULT_DB_URL
+
+
+def _notify(args: argparse.Namespace, method: str) -> None:
+    """Tell a running ser (best effort): no ser running is not an error."""
+    req = request(method, [])
+    try:
+        if args.fifo:
+            resp = call_fifo(args.fifo, req, args.timeout)
+        else:
+            path = args.socket or os.path.join(default_rundir(), "ser_rpc.sock")
+            resp = call_dgram(path.removeprefix("unix:"), req, args.timeout)
+    except (CtlError, OSError):
+        return
+    err = resp.get("error")
+    if err and err.get("code") != -32601:        # auth_db not loaded: nothing cached
+        print(f"serctl: {method}: {err.get('message')}", file=sys.stderr)
 
 
 def db_init(url: str | None) -> int:
@@ -161,7 +247,7 @@ def db_init(url: str | None) -> int:
     from ser.core.db import DbError, connect, parse_url
     from ser.core.db.schema import init_db
 
-    url = url or os.environ.get("SER_DB_URL") or DEFAULT_DB_URL
+    url = db_url(url)
     try:
         u = parse_url(url)
         if u.scheme == "sqlite":

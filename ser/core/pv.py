@@ -449,6 +449,11 @@ def _auth_get(what: str) -> Callable[[Any, Any], Value]:
         user = c.username
         if what == "realm":
             return c.realm
+        if what in ("algorithm", "uri", "nonce", "username"):
+            v = c.get(what)
+            if what == "algorithm" and v is None:
+                return "MD5"     # RFC 7616 3.4: absent means MD5
+            return v
         if user is None:
             return None
         u, at, d = user.partition("@")
@@ -542,6 +547,10 @@ _core: list[PVDecl] = [
     PVDecl("au", _auth_get("user"), doc="username of the credentials"),
     PVDecl("ad", _auth_get("domain"), doc="domain of the credentials username"),
     PVDecl("ar", _auth_get("realm"), doc="realm of the credentials"),
+    PVDecl("aa", _auth_get("algorithm"), doc="algorithm of the credentials (MD5 if absent)"),
+    PVDecl("aU", _auth_get("username"), doc="whole username of the credentials"),
+    PVDecl("adu", _auth_get("uri"), doc="digest URI of the credentials"),
+    PVDecl("an", _auth_get("nonce"), doc="nonce of the credentials"),
     PVDecl("pp", _m(lambda c: os.getpid()), doc="process id"),
     PVDecl("Ts", _ts_get, doc="Unix time, fixed for the message"),
     PVDecl("Tf", _m(lambda c: time.ctime(_int_ts(c))), doc="formatted time"),
