@@ -64,7 +64,7 @@ DEFAULT_URI_CHECKS = 7       # R-URI, From, To
 SCHEMES = frozenset(("sip", "sips", "tel", "tels", "urn"))
 UINT_MAX = 2**32 - 1
 
-_log = RateLimited(interval=10.0, burst=10)
+_log = RateLimited(interval=10.0, burst=100)   # per process; a flood stays bounded
 
 
 @dataclass(frozen=True)
