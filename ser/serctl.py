@@ -14,6 +14,7 @@
     serctl [--db URL] address rm GRP IP[/MASK] [PORT]
     serctl [--db URL] address list
     serctl address reload           permissions.addressReload
+    serctl monitor [--count N]      a live view, refreshed every second
 
 The database of the provisioning commands is ``--db``, else $SER_DB_URL,
 else ``DBURL`` of a serctlrc file ($SERCTLRC, ~/.serctlrc, /etc/ser/serctlrc;
@@ -119,6 +120,19 @@ def call_fifo(path: str, req: dict[str, Any], timeout: float = TIMEOUT,
         os.unlink(reply)
 
 
+def tls_gencert(key: str, cert: str, cn: str, days: int) -> int:
+    """`serctl tls gencert`: a self-signed key and certificate for a quick start."""
+    from ser.core.tls import gencert
+    try:
+        gencert(key, cert, cn, days)
+    except OSError as e:
+        print(f"serctl: tls gencert: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {key} (private key, mode 0600) and {cert} (self-signed, CN={cn}, "
+          f"{days} days)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="serctl", description="Control a running ser.")
     p.add_argument("-s", dest="socket", help="the control datagram socket "
@@ -154,7 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("address", help="the permissions address table")
     a.add_argument("action", choices=("add", "rm", "list", "reload"))
     a.add_argument("args", nargs="*")
+    a = sub.add_parser("monitor", help="a live view refreshed every second (kamctl monitor)")
+    a.add_argument("--count", type=int, default=0, help="stop after N screens")
+    a = sub.add_parser("tls", help="TLS: gencert (a self-signed key and certificate), "
+                       "list, info, reload")
+    a.add_argument("action", choices=("gencert", "list", "info", "reload"))
+    a.add_argument("--key", default="ser-selfsigned.key", help="key file (gencert)")
+    a.add_argument("--cert", default="ser-selfsigned.pem", help="certificate file (gencert)")
+    a.add_argument("--cn", default="localhost", help="common name (gencert)")
+    a.add_argument("--days", type=int, default=365, help="validity (gencert)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cmd == "tls":
+        if args.action == "gencert":
+            return tls_gencert(args.key, args.cert, args.cn, args.days)
+        req = request(f"tls.{args.action}", [])
     if args.cmd == "db":
         return db_init(args.url)
     if args.cmd in ("add", "passwd", "rm", "show", "acl", "address"):
@@ -171,6 +198,19 @@ def main(argv: list[str] | None = None) -> int:
                 _notify(args, notify)
             return 0
         req = request("permissions.addressReload", [])
+    if args.cmd == "monitor":
+        from ser.monitor import monitor
+        path = (args.socket or os.path.join(default_rundir(), "ser_rpc.sock")).removeprefix("unix:")
+
+        def call(method: str, params: list[Any]) -> dict[str, Any]:
+            req = request(method, params)
+            return call_fifo(args.fifo, req, args.timeout) if args.fifo else \
+                call_dgram(path, req, args.timeout)
+        try:
+            return monitor(call, count=args.count)
+        except CtlError as e:
+            print(f"serctl: {e}", file=sys.stderr)
+            return 1
     if args.cmd == "ul":
         if args.action == "rm" and not args.aor:
             p.error("ul rm needs an AOR")

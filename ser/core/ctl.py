@@ -8,8 +8,10 @@ RPCFIFO engine) can talk to ser:
   ``fifo_reply_dir``); the response is written there.
 * datagram socket (``dgram_socket``): a client sends the request from its
   own bound UNIX datagram socket and gets the response back on it.
+* HTTP (``http_port``, off by default; ``http_address``): ``POST /RPC`` with
+  a JSON-RPC body, and ``GET /metrics`` for Prometheus (:mod:`ser.core.http`).
 
-Both only frame; :class:`ser.core.rpc.RpcRegistry` does the work.
+All only frame; :class:`ser.core.rpc.RpcRegistry` does the work.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import selectors
 import socket
 import stat
+import time
 from typing import Any
 
+from ser.core import http
 from ser.core.log import log
+from ser.core.metrics import collect
 from ser.core.roles import Env, Role
 from ser.core.rpc import RpcContext, RpcRegistry
 
@@ -40,6 +46,16 @@ def ctl_paths(env_cfg: Any, rundir: str) -> tuple[str | None, str | None, str]:
     fifo_path = os.path.join(rundir, fifo) if fifo and transport & 2 else None
     dgram_path = os.path.join(rundir, dgram) if dgram and transport & 4 else None
     return fifo_path, dgram_path, reply_dir
+
+
+def http_endpoint(env_cfg: Any) -> tuple[str, int] | None:
+    """(address, port) of the HTTP listener, or None when it is off."""
+    inst = env_cfg.modules.get("jsonrpcs")
+    params = inst.params if inst is not None else {}
+    port = int(params.get("http_port", 0) or 0)
+    if port <= 0:
+        return None
+    return str(params.get("http_address", "127.0.0.1")), port
 
 
 def create_endpoints(fifo: str | None, dgram: str | None) -> tuple[int, socket.socket | None]:
@@ -70,7 +86,7 @@ class CtlProcess(Role):
 
     def __init__(self, rank: int, registry: RpcRegistry, fifo_fd: int,
                  dgram_sock: socket.socket | None, reply_dir: str) -> None:
-        super().__init__(rank, "ctl handler (jsonrpcs: fifo, dgram)")
+        super().__init__(rank, "ctl handler (jsonrpcs: fifo, dgram, http)")
         self.registry = registry
         self.fifo_fd = fifo_fd
         self.dgram = dgram_sock
@@ -87,11 +103,26 @@ class CtlProcess(Role):
         if self.dgram is not None:
             self.dgram.setblocking(False)
             sel.register(self.dgram, selectors.EVENT_READ, "dgram")
+        self.sel = sel
+        self.http_conns: dict[int, http.HttpConn] = {}
+        where = http_endpoint(env.cfg)
+        if where is not None:
+            try:
+                lsock = http.listen(*where)
+            except OSError as e:
+                log.error("ctl: cannot listen for HTTP on %s:%d: %s", where[0], where[1], e)
+            else:
+                sel.register(lsock, selectors.EVENT_READ, "http")
+                log.info("ctl: JSON-RPC at http://%s:%d/RPC, metrics at /metrics", *where)
         buf = b""
         while True:
-            for key, _ in sel.select():
+            for key, _ in sel.select(1.0 if self.http_conns else None):
                 if key.data == "dgram":
                     self._dgram()
+                elif key.data == "http":
+                    self._http_accept(key.fileobj)  # type: ignore[arg-type]
+                elif isinstance(key.data, http.HttpConn):
+                    self._http_io(key.data, key.events)
                 else:
                     try:
                         chunk = os.read(fifo_fd, MAX_REQUEST)
@@ -99,6 +130,59 @@ class CtlProcess(Role):
                         continue
                     buf += chunk
                     buf = self._fifo_requests(buf)
+            self._http_expire()
+
+    # ------------------------------------------------------------------ HTTP
+    def _http_accept(self, lsock: socket.socket) -> None:
+        try:
+            sock, _ = lsock.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        conn = http.HttpConn(sock)
+        self.http_conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _http_close(self, conn: http.HttpConn) -> None:
+        self.http_conns.pop(conn.sock.fileno(), None)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _http_io(self, conn: http.HttpConn, events: int) -> None:
+        try:
+            if conn.out:
+                n = conn.sock.send(conn.out)
+                conn.out = conn.out[n:]
+                if not conn.out:
+                    self._http_close(conn)
+                return
+            chunk = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._http_close(conn)
+            return
+        if not chunk:
+            self._http_close(conn)
+            return
+        conn.buf += chunk
+        req = conn.request()
+        if req is None:
+            return
+        if isinstance(req, int):
+            conn.out = http.response(req, b"bad request\n")
+        else:
+            conn.out = http.answer(*req, rpc=self._handle,
+                                   metrics=lambda: collect(self.ctx))
+        self.sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+
+    def _http_expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.http_conns.values() if c.deadline < now]:
+            self._http_close(conn)
 
     def _handle(self, raw: bytes) -> dict[str, Any] | None:
         return self.registry.handle(self.ctx, raw)
@@ -151,8 +235,29 @@ class CtlProcess(Role):
             log.warning("rpc fifo: cannot open reply fifo %s: %s", path, e)
             return
         try:
-            os.write(fd, json.dumps(resp).encode() + b"\n")
+            _write_all(fd, json.dumps(resp).encode() + b"\n", REPLY_TIMEOUT)
         except OSError as e:
             log.warning("rpc fifo: cannot write reply to %s: %s", path, e)
         finally:
             os.close(fd)
+
+
+REPLY_TIMEOUT = 5.0
+
+
+def _write_all(fd: int, data: bytes, timeout: float) -> None:
+    """The whole reply, however large, through a non-blocking FIFO whose reader
+    is slower than us; a reader that stops reading costs at most ``timeout``."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            n = 0
+        view = view[n:]
+        if view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OSError(errno.ETIMEDOUT, "the reader stopped reading")
+            select.select([], [fd], [], left)

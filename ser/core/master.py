@@ -34,8 +34,9 @@ from ser.core.log import log
 from ser.core.net import BindError, SocketInfo, bind, expand, local_addresses
 from ser.core.procs import ProcTable, set_title
 from ser.core.roles import Env, Role, child_main
-from ser.core.tcp import TcpWorker
+from ser.core.tcp import TcpWorker, create_shared
 from ser.core.timer import TimerProcess
+from ser.core.tls import TlsError
 from ser.core.udp import UdpReceiver
 
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -91,7 +92,7 @@ class Master:
                      str(self.values.get("log_facility", "LOG_DAEMON")))
         try:
             self._prepare()
-        except (BindError, OSError) as e:
+        except (BindError, OSError, TlsError) as e:
             log.error("%s", e)
             print(f"ser: {e}", file=sys.stderr)
             self._cleanup()
@@ -126,10 +127,14 @@ class Master:
         self.sockets: list[SocketInfo] = expand(
             listens, int(values.get("port", 5060)), bool(values.get("disable_tcp")),
             bool(values.get("enable_tls")))
+        tls = self.cfg.modules.get("tls")
         for si in self.sockets:
-            if si.proto == "tls":
-                raise BindError(f"{si}: TLS is not available yet")
+            if si.proto == "tls" and tls is None:
+                raise BindError(f"listen={si}: TLS needs loadmodule \"tls.so\"")
             bind(si)
+        if tls is not None:
+            tls.state["listen_tls"] = any(si.proto == "tls" for si in self.sockets)
+            tls.state["cfg_dir"] = os.path.dirname(os.path.abspath(self.cfg.path))
         os.makedirs(opts.rundir, exist_ok=True)
         self.procs = ProcTable()
         self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
@@ -151,13 +156,18 @@ class Master:
                 for i in range(children):
                     self.slots[rank] = Slot(UdpReceiver(rank, si, i))
                     rank += 1
-        listeners = [si for si in self.sockets if si.proto == "tcp"]
+        listeners = [si for si in self.sockets if si.proto in ("tcp", "tls")]
         if listeners:
             tcp_children = int(values.get("tcp_children", 0)) or children
             self.env.options["tcp_workers"] = tcp_children
+            tcp_ranks = []
             for i in range(tcp_children):
                 self.slots[rank] = Slot(TcpWorker(rank, i, listeners))
+                tcp_ranks.append(rank)
                 rank += 1
+            handoff, sender = create_shared(self.shm, tcp_ranks)
+            self.env.options["handoff"] = handoff
+            self.env.options["stream_send"] = sender
         self.slots[rank] = Slot(TimerProcess(rank))
         rank += 1
         self.slots[rank] = Slot(CtlProcess(rank, registry, fifo_fd, dgram_sock, reply_dir))

@@ -121,8 +121,8 @@ def bind(si: SocketInfo, backlog: int = 1024) -> None:
         si.host = host
     si.family = _family(host)
     kind = socket.SOCK_DGRAM if si.proto == "udp" else socket.SOCK_STREAM
-    if si.proto in ("sctp",):
-        raise BindError("SCTP listen sockets are not supported yet")
+    if si.proto == "sctp":
+        raise BindError(sctp_unavailable(si))
     s = socket.socket(si.family, kind)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -140,6 +140,27 @@ def bind(si: SocketInfo, backlog: int = 1024) -> None:
     if si.port == 0:
         si.port = s.getsockname()[1]
     si.sock = s
+
+
+def sctp_available() -> str | None:
+    """None when this kernel opens SCTP sockets, else why not."""
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    except OSError as e:
+        return e.strerror or str(e)
+    s.close()
+    return None
+
+
+def sctp_unavailable(si: SocketInfo) -> str:
+    """The start-up error of a ``listen=sctp:`` entry."""
+    why = sctp_available()
+    if why is not None:
+        return (f"listen={si}: SCTP is not supported by this kernel (socket(AF_INET, "
+                f"SOCK_STREAM, IPPROTO_SCTP) failed: {why}); load the sctp kernel module "
+                f"or remove the sctp listen entry")
+    return (f"listen={si}: the kernel has SCTP but ser's SCTP transport (pysctp) is not "
+            f"installed; remove the sctp listen entry")
 
 
 def local_addresses() -> set[str]:

@@ -495,6 +495,41 @@ def _int_ts(ctx: Any) -> int:
 PROTO_NAMES = {1: "udp", 2: "tcp", 3: "tls", 4: "sctp", 5: "ws", 6: "wss"}
 
 
+_SND_KEYS = ("ip", "port", "proto", "sproto", "af", "len", "buf", "sip", "sport")
+
+
+def _snd_name(inner: str | None, index: str | None, res: PVResolver) -> Any:
+    key = (inner or "").strip().lower()
+    if key not in _SND_KEYS:
+        raise ValueError(f"$snd({inner}): use one of {', '.join(_SND_KEYS)}")
+    return key
+
+
+def _snd_get(ctx: Any, key: str) -> Value:
+    """(proto, ip, port, socket, bytes) set by Core.onsend; null elsewhere."""
+    snd = ctx.cache.get("snd")
+    if snd is None:
+        return None
+    proto, ip, port, si, data = snd
+    if key == "ip":
+        return ip
+    if key == "port":
+        return port
+    if key == "proto":
+        return {v: k for k, v in PROTO_NAMES.items()}.get(proto, 1)
+    if key == "sproto":
+        return proto
+    if key == "af":
+        return 6 if ":" in ip else 4
+    if key == "len":
+        return len(data)
+    if key == "sip":
+        return si.host if si is not None else None
+    if key == "sport":
+        return si.port if si is not None else None
+    return data.decode("utf-8", "replace")
+
+
 def _m(fn: Callable[[Any], Value]) -> Callable[[Any, Any], Value]:
     return lambda ctx, _: fn(ctx)
 
@@ -567,5 +602,7 @@ _core: list[PVDecl] = [
     PVDecl("avp", _avp_get, _avp_set, _avp_name, doc="$avp(x): per-transaction AVP"),
     PVDecl("shv", _shv_get, _shv_set, _plain_name, doc="$shv(x): shared variable"),
     PVDecl("null", _m(lambda c: None), doc="the null value"),
+    PVDecl("snd", _snd_get, parse_name=_snd_name,
+           doc="$snd(ip|port|proto|af|sproto|len|buf): where onsend_route's message goes"),
 ]
 CORE_PVS: dict[str, PVDecl] = {d.name: d for d in _core}

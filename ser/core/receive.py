@@ -59,7 +59,10 @@ class Core:
         hdr = str(values.get("server_header", "Server: ser"))
         self.server = hdr.partition(":")[2].strip() if values.get("server_signature", True) else None
         self.has_reply_route = cfg.routes is not None and cfg.routes.get("reply") is not None
-        self.tcp_send: Any = None      # set by the TCP worker: fn(dest, data) -> bool
+        self.has_onsend = cfg.routes is not None and cfg.routes.get("onsend") is not None
+        # fn(dest, data) -> bool: the TCP worker's own sender, else the hand-off
+        # to the process owning the connection (ser.core.tcp.StreamSender)
+        self.tcp_send: Any = getattr(rt, "stream_send", None)
         rt.core = self
         # tm's per-process engine (ser.mods.tm), when loaded: replies are
         # matched to their transaction before the stateless relay
@@ -194,6 +197,25 @@ class Core:
             _bad_log(logging.ERROR, "send to %s failed: %s", dest, e.strerror or e)
             return False
 
+    def onsend(self, ctx: Context, proto: str, host: str, port: int, si: SocketInfo | None,
+               data: bytes) -> bool:
+        """Run onsend_route for a request about to leave (``$snd(...)`` reads
+        where to); False when the script dropped it."""
+        if not self.has_onsend:
+            return True
+        saved = ctx.route_type, ctx.dropped, ctx.cache.get("snd")
+        ctx.cache["snd"] = (proto, host, port, si, data)
+        ctx.dropped = False
+        try:
+            self.routes.run("onsend", "", ctx)
+            return not ctx.dropped
+        except Exception:
+            log.exception("onsend_route failed for %s to %s:%s:%s", ctx.msg.method, proto,
+                          host, port)
+            return True
+        finally:
+            ctx.route_type, ctx.dropped, ctx.cache["snd"] = saved
+
     def socket_for(self, proto: str, host: str) -> SocketInfo | None:
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         first = None
@@ -230,15 +252,22 @@ class Core:
         if ip is None:
             log.error("forward: cannot resolve %s", host)
             return False
-        si = self.socket_for(proto, ip) if proto == "udp" else self.socket_for(proto, ip) or \
-            self.socket_for("udp", ip)
+        forced = ctx.options.get("force_send_socket")     # corex set_send_socket()
+        if forced is not None and forced.proto == proto:
+            si = forced
+        else:
+            si = self.socket_for(proto, ip) if proto == "udp" else \
+                self.socket_for(proto, ip) or self.socket_for("udp", ip)
         if si is None:
             log.error("forward: no %s socket to reach %s", proto, ip)
             return False
         if ctx.ruri and ctx.ruri != msg.ruri:
             msg.set_ruri(ctx.ruri)
         self._via_edits(ctx, si)
-        ok = self.send(Dest(proto, ip, port, si if si.proto == proto else None), msg.serialize())
+        raw = msg.serialize()
+        if not self.onsend(ctx, proto, ip, port, si, raw):
+            return False
+        ok = self.send(Dest(proto, ip, port, si if si.proto == proto else None), raw)
         if ok:
             self.stats.inc("core:fwd_requests")
         return ok

@@ -83,6 +83,7 @@ def child_main(role: Role, env: Env) -> int:
             if si.advertise_host:
                 rt.local_hosts.add(si.advertise_host.lower())
         rt.shm = env.shm
+        rt.stream_send = env.options.get("stream_send")    # ser.core.tcp.StreamSender
         env.rt = rt
         for inst in env.cfg.modules.values():
             if inst.decl.child_init is not None:

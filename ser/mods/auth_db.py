@@ -32,7 +32,7 @@ import re
 import time
 from typing import Any
 
-from ser.core.db import Db, DbError, DbUnavailable, parse_url
+from ser.core.db import Db, DbError, DbUnavailable, check_url
 from ser.core.log import RateLimited
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RPCMethod
 from ser.core.module import RouteType as R
@@ -53,12 +53,6 @@ def _ident(v: object) -> str | None:
     return None if IDENT.fullmatch(str(v)) else f"'{v}' is not a column name"
 
 
-def _url(v: object) -> str | None:
-    try:
-        parse_url(str(v))
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 _AVP_SPEC = re.compile(r"\s*(?:\$avp\((?P<avp>[^)]+)\)\s*=\s*)?(?P<col>[A-Za-z_][A-Za-z0-9_]*)\s*")
@@ -287,7 +281,7 @@ exports = Module(
     doc="Digest authentication against a subscriber table.",
     depends=("auth",),
     params=(
-        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", _url),
+        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", check_url),
         Param("user_column", str, "username", "Column of user names.", _ident),
         Param("domain_column", str, "domain", "Column of domains.", _ident),
         Param("password_column", str, "ha1", "Column of HA1 (or plaintext with "

@@ -16,6 +16,7 @@ import logging
 import socket
 from typing import Any
 
+from ser.core.cfg.runtime import add_branch, parse_q
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, RouteType, RPCMethod
 from ser.core.parser import ProtocolError, SipURI, parse_uri
 from ser.core.rpc import RpcContext
@@ -161,7 +162,7 @@ def append_branch(ctx: Any, uri: str = "", q: str = "") -> int:
     target = uri or (ctx.ruri if ctx.ruri is not None else ctx.msg.ruri)
     if not target:
         return -1
-    ctx.cache.setdefault("branches", []).append((target, q or None))
+    add_branch(ctx, target, "", parse_q(q))
     return 1
 
 

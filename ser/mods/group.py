@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from ser.core.db import Db, DbError, DbUnavailable, parse_url
+from ser.core.db import Db, DbError, DbUnavailable, check_url
 from ser.core.log import RateLimited
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param
 from ser.core.module import RouteType as R
@@ -31,12 +31,6 @@ def _ident(v: object) -> str | None:
     return None if IDENT.fullmatch(str(v)) else f"'{v}' is not a table or column name"
 
 
-def _url(v: object) -> str | None:
-    try:
-        parse_url(str(v))
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def _db(ctx: Any) -> tuple[Db, dict[str, Any]]:
@@ -120,7 +114,7 @@ exports = Module(
     name="group",
     doc="Group membership checks against the grp table.",
     params=(
-        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", _url),
+        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", check_url),
         Param("table", str, "grp", "Table of (user, domain, group) rows.", _ident),
         Param("user_column", str, "username", "Column of user names.", _ident),
         Param("domain_column", str, "domain", "Column of domains.", _ident),

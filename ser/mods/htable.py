@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ser.core.db import Db, DbError, parse_url
+from ser.core.db import Db, DbError, check_url
 from ser.core.db.schema import HTABLE, ensure_table
 from ser.core.log import log
 from ser.core.module import (
@@ -654,14 +654,6 @@ def rpc_stats(ctx: RpcContext) -> list[dict[str, Any]]:
     return out
 
 
-def _url(v: object) -> str | None:
-    if not v:
-        return None
-    try:
-        parse_url(str(v))
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 _spec_arg = Arg("spec", doc="table=>value")
@@ -674,7 +666,7 @@ exports = Module(
         Param("htable", str, None, "Define a table: \"name=>size=N;autoexpire=S;initval=I;"
               "updateexpire=0|1;dbtable=T;dbmode=0|1\" (2^N buckets; name->... too); "
               "may be repeated.", _check_spec, multi=True),
-        Param("db_url", str, "", "Database URL for tables with dbtable.", _url),
+        Param("db_url", str, "", "Database URL for tables with dbtable.", check_url),
     ),
     functions=(
         Function("sht_rm_name_re", sht_rm_name_re, (_spec_arg,), fixup=_spec_fixup,

@@ -1,8 +1,9 @@
-"""jsonrpcs: JSON-RPC 2.0 control over a FIFO and a UNIX datagram socket.
+"""jsonrpcs: JSON-RPC 2.0 control over a FIFO, a UNIX datagram socket and HTTP.
 
 ser's control process always runs; loading this module (as Kamailio configs
 do) only sets where it listens. Relative paths are under the runtime
-directory (``ser -Y DIR``).
+directory (``ser -Y DIR``). ``http_port`` turns on the HTTP listener
+(``/RPC`` and Prometheus ``/metrics``), off by default.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ def _transport(v: object) -> str | None:
     return None if isinstance(v, int) and 0 <= v <= 15 else "transport is a bit mask 0..15"
 
 
+def _port(v: object) -> str | None:
+    return None if isinstance(v, int) and 0 <= v <= 65535 else "a port is 0..65535"
+
+
 exports = Module(
     name="jsonrpcs",
     doc="JSON-RPC 2.0 control interface (FIFO and UNIX datagram socket).",
     params=(
         Param("transport", int, 6, "Transports to serve, a bit mask: 2 FIFO, 4 datagram "
-              "socket (1 HTTP and 8 TCP are not available yet).", _transport),
+              "socket (8 TCP is not available; HTTP, Kamailio's 1 over xhttp, is served by "
+              "the control process when http_port is set).", _transport),
+        Param("http_port", int, 0, "Port of the embedded HTTP listener of the control "
+              "process: POST /RPC (JSON-RPC 2.0) and GET /metrics (Prometheus). 0: off.",
+              _port),
+        Param("http_address", str, "127.0.0.1", "Address of the HTTP listener."),
         Param("fifo_name", str, "ser_rpc.fifo", "The FIFO file (relative: in the runtime dir)."),
         Param("fifo_mode", int, 0o660, "Permissions of the FIFO file."),
         Param("fifo_group", (int, str), "", "Group of the FIFO file.", ignored=True),

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+from ser.core.cfg.runtime import add_branch, parse_q
 from ser.core.module import Arg, Function, Module, RouteType, RPCMethod
 from ser.core.parser import ProtocolError, parse_uri
 from ser.core.rpc import INVALID_PARAMS, RpcContext, RpcError
@@ -48,12 +49,11 @@ def resetdebug(ctx: Any) -> int:
 
 
 def km_append_branch(ctx: Any, uri: str = "", q: str = "") -> int:
-    """A new branch (uri, q) for forking. Recorded in ``ctx.cache["branches"]``
-    for tm's t_relay; until tm exists nothing sends it."""
+    """A new branch (uri, q) for forking: t_relay forks to it."""
     target = uri or (ctx.ruri if ctx.ruri is not None else ctx.msg.ruri)
     if not target:
         return -1
-    ctx.cache.setdefault("branches", []).append((target, q or None))
+    add_branch(ctx, target, "", parse_q(q))
     return 1
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ser.core.db import Db, DbError, connect, parse_url
+from ser.core.db import Db, DbError, check_url, connect
 from ser.core.log import log
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RPCMethod
 from ser.core.module import RouteType as R
@@ -43,12 +43,6 @@ def _ident(v: object) -> str | None:
     return None if IDENT.fullmatch(str(v)) else f"'{v}' is not a table or column name"
 
 
-def _url(v: object) -> str | None:
-    try:
-        parse_url(str(v))
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def _avp_param(v: object) -> str | None:
@@ -258,7 +252,7 @@ def mod_init(inst: Any) -> None:
     p = inst.params
     db = Db(str(p["db_url"]), what="permissions")
     try:
-        rows = read_rows(db, p)
+        rows = read_rows(db, p) if int(p["load_backends"]) & 1 else []
     except DbError as e:
         raise ValueError(f"permissions: cannot load {p['address_table']}: {e}") from None
     finally:
@@ -338,7 +332,7 @@ exports = Module(
     name="permissions",
     doc="IP address permissions from the address table (allow_source_address & co).",
     params=(
-        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", _url),
+        Param("db_url", str, "sqlite:///var/lib/ser/ser.db", "Database URL.", check_url),
         Param("address_table", str, "address", "Table of addresses.", _ident),
         Param("grp_col", str, "grp", "Column of the group id.", _ident),
         Param("ip_addr_col", str, "ip_addr", "Column of the IP address (or name).", _ident),
@@ -348,6 +342,8 @@ exports = Module(
         Param("peer_tag_avp", str, "", "AVP set to the tag of the matching row.", _avp_param),
         Param("max_subnets", int, 512, "Subnets expected (ser has no fixed limit)."),
         Param("reload_delta", int, 5, "Seconds between two addressReload (0: no limit)."),
+        Param("load_backends", int, 0xFFFF, "Tables to load, a bit mask: 1 the address "
+              "table (the trusted table, 2, is not in ser)."),
         Param("db_mode", int, 0, "Caching of the trusted table (not in ser).", ignored=True),
     ),
     functions=(

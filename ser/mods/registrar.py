@@ -13,10 +13,10 @@ Branches -- the interface with tm
 the best contact (highest q, then most recent) and, when the contact has a
 received address or a Path, ``ctx.dst_uri`` (Path wins, as in Kamailio; the
 Path URIs are added as Route headers). With ``append_branches`` the other
-contacts become extra branches, appended to ``ctx.cache["branches"]``, a
-list of tuples ``(uri, q, path, dst_uri, flags)``: ``uri`` str, ``q`` float
-(1.0 when the contact gave none), ``path`` the Path header value ("" none),
-``dst_uri`` where to send it ("" = the uri), ``flags`` the branch flags.
+contacts become extra branches, appended to ``ctx.cache["branches"]`` as
+core ``Branch(uri, dst_uri, q, path, flags)`` records (ser.core.cfg.runtime):
+``dst_uri`` where to send it ("" = the uri), ``q`` float (1.0 when the
+contact gave none), ``path`` the Path header value ("" none).
 The q of the Request-URI branch is ``ctx.cache["ruri_q"]`` and its Path
 ``ctx.cache["path_vector"]``. tm's ``t_load_contacts``/``t_next_contacts``
 read exactly these; core ``forward()`` sends to the Request-URI branch only.
@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any
 
+from ser.core.cfg.runtime import Branch
 from ser.core.db import DbError, DbUnavailable
 from ser.core.log import RateLimited, log
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RouteType
@@ -349,7 +350,7 @@ def lookup_contacts(ctx: Any, domain: str, uri: str | None = None) -> int:
         branches = ctx.cache.setdefault("branches", [])
         for c in contacts[1:]:
             dst = _first_path_uri(c.path) if c.path else c.received
-            branches.append((c.c, c.qf, c.path, dst, 0))
+            branches.append(Branch(c.c, dst or "", c.qf, c.path, 0))
     return 1
 
 
@@ -366,7 +367,7 @@ def lookup_branches(ctx: Any, domain: str) -> int:
     for b in old:
         before = len(ctx.cache["branches"])
         try:
-            aor = _ruri_aor(ctx, b[0])
+            aor = _ruri_aor(ctx, b.uri)
             cs = _ul(ctx).get(domain, aor)
         except (RegError, DbError):
             cs = []
@@ -376,7 +377,7 @@ def lookup_branches(ctx: Any, domain: str) -> int:
         found = True
         for c in cs:
             dst = _first_path_uri(c.path) if c.path else c.received
-            ctx.cache["branches"].append((c.c, c.qf, c.path, dst, b[4]))
+            ctx.cache["branches"].append(Branch(c.c, dst or "", c.qf, c.path, b.flags))
     return 1 if found else rc
 
 

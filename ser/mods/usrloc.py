@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ser.core.db import Db, DbError, DbUnavailable, parse_url
+from ser.core.db import Db, DbError, DbUnavailable, check_url
 from ser.core.db.schema import LOCATION, ensure_table
 from ser.core.log import log
 from ser.core.module import Module, Param, RPCMethod, Timer
@@ -678,14 +678,6 @@ def _hash_size(v: object) -> str | None:
     return None if isinstance(v, int) and 1 <= v <= 20 else "hash_size is 1..20 (2^N slots)"
 
 
-def _url(v: object) -> str | None:
-    if not v:
-        return None
-    try:
-        parse_url(str(v))
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def timer_interval(inst: Any) -> float:
@@ -696,7 +688,7 @@ exports = Module(
     name="usrloc",
     doc="User location: contacts in shared memory and/or a database.",
     params=(
-        Param("db_url", str, "", "Database URL (sqlite://PATH or postgres://...).", _url),
+        Param("db_url", str, "", "Database URL (sqlite://PATH or postgres://...).", check_url),
         Param("db_mode", int, 0, "0 memory only, 1 write-through, 2 write-back, 3 DB only.",
               _db_mode),
         Param("use_domain", int, 0, "AoRs are user@domain (1) or user (0)."),

@@ -227,6 +227,11 @@ request_route {
         send_udp("127.0.0.1:@HOP@");
         exit;
     }
+    if ($rU == "fwdsock") {
+        set_send_socket("udp:127.0.0.1:@PORT2@");
+        forward("127.0.0.1", "@HOP@");
+        exit;
+    }
     if ($rU == "recv") {
         set_recv_socket("udp:127.0.0.1:@PORT2@");
         sl_send_reply("200", "Moved");
@@ -308,6 +313,14 @@ def test_send_udp_sends_the_received_message_from_the_chosen_socket(ser_factory,
     assert first.encode() == req and second.encode() == req     # unchanged, no Via added
     assert addr1 == ("127.0.0.1", ser.port)
     assert addr2 == ("127.0.0.1", ser.port2)                    # set_send_socket
+
+
+def test_forward_leaves_from_the_socket_set_send_socket_chose(ser_factory, hop):
+    ser = start(ser_factory, HEADERS, hop)
+    send(request("MESSAGE", "fwdsock", ser.port, "", "x"), ser.port)
+    got, addr = hop.recv()
+    assert addr == ("127.0.0.1", ser.port2)
+    assert f"Via: SIP/2.0/UDP 127.0.0.1:{ser.port2};branch=" in got
 
 
 def test_set_recv_socket_moves_the_reply_to_the_other_socket(ser_factory):

@@ -73,7 +73,8 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("dns_try_ipv6", "bool", True, "Look up AAAA records too."),
     _d("enable_tls", "bool", False, "Enable TLS transport (needs the tls module)."),
     _d("disable_tcp", "bool", False, "Disable TCP (and TLS) transport."),
-    _d("enable_sctp", "int", 0, "SCTP: 0 off, 1 on, 2 on if available."),
+    _d("enable_sctp", "bool", False, "SCTP (not available in ser): yes/no, or 0 off, "
+       "1 on, 2 on if available."),
     _d("disable_sctp", "bool", True, "Disable SCTP transport."),
     _d("tcp_connection_lifetime", "int", 120, "Idle TCP connection lifetime, seconds."),
     _d("tcp_max_connections", "int", 2048, "Maximum open TCP connections."),
@@ -86,6 +87,7 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("tcp_max_message_size", "int", 65535, "Largest SIP message accepted on a stream; a "
        "larger one closes the connection (ser only)."),
     _d("tcp_accept_aliases", "bool", False, "Honour the alias Via parameter."),
+    _d("tcp_rd_buf_size", "int", 65536, "Bytes read from a TCP connection at once."),
     _d("tcp_async", "bool", True, "Write TCP data asynchronously."),
     _d("tcp_keepalive", "bool", True, "Enable TCP keepalive."),
     _d("tls_max_connections", "int", 2048, "Maximum open TLS connections."),

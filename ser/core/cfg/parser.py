@@ -39,6 +39,8 @@ _BINARY_LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"<", ">", "<=", ">="}), frozenset({"+", "-"}), frozenset({"*", "/", "%"}),
 )
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_YES_NO = {"yes": 1, "true": 1, "on": 1, "enable": 1, "no": 0, "false": 0, "off": 0,
+           "disable": 0}
 
 
 class _Abort(Exception):
@@ -210,6 +212,8 @@ class Parser:
             value: str | int = self.strings()
         elif vtok.kind == "NUM":
             value = -self.take().value if neg else self.take().value
+        elif not neg and vtok.kind == "ID" and str(vtok.value).lower() in _YES_NO:
+            value = _YES_NO[str(self.take().value).lower()]   # Kamailio lexes these as 1/0
         else:
             raise self.error(vtok.pos, f"modparam: the value must be a string or a number, "
                              f"found {describe(vtok)}")

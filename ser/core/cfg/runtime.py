@@ -11,9 +11,32 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 PROTO_UDP, PROTO_TCP, PROTO_TLS, PROTO_SCTP, PROTO_WS, PROTO_WSS = 1, 2, 3, 4, 5, 6
+
+
+class Branch(NamedTuple):
+    """One more target of a request (Kamailio's branch): tm forks to each.
+    ``ctx.cache["branches"]`` holds them until t_relay takes them."""
+    uri: str
+    dst_uri: str = ""
+    q: float = 1.0
+    path: str = ""
+    flags: int = 0
+
+
+def parse_q(q: Any) -> float:
+    """A q-value as a script or a Contact gives it ("" or None: 1.0)."""
+    try:
+        return float(q) if q not in ("", None) else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def add_branch(ctx: Any, uri: str, dst_uri: str = "", q: float = 1.0, path: str = "",
+               flags: int = 0) -> None:
+    ctx.cache.setdefault("branches", []).append(Branch(uri, dst_uri or "", q, path, flags))
 
 
 class ScriptExit(Exception):

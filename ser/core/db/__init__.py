@@ -89,6 +89,17 @@ def parse_url(url: str) -> DbUrl:
                  parts.hostname, port, unquote(db))
 
 
+def check_url(value: object) -> str | None:
+    """The ``check`` of a ``db_url`` module parameter: "" (unset) or a URL we parse."""
+    if not value:
+        return None
+    try:
+        parse_url(str(value))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 class Connection(Protocol):
     """What a driver returns. SQL uses ``?`` placeholders."""
 

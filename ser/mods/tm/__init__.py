@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ser.core.cfg.runtime import add_branch, parse_q
 from ser.core.module import (
     Arg,
     FixedArg,
@@ -63,6 +64,13 @@ def t_relay_to_tcp(ctx: Any, host: str = "", port: int = 0) -> int:
     return eng.relay(ctx, host, int(port or 0), "tcp")
 
 
+def t_relay_to_tls(ctx: Any, host: str = "", port: int = 0) -> int:
+    eng = _engine(ctx)
+    if eng is None or eng.core is None:
+        return _no_worker(ctx, "t_relay_to_tls", host, port)
+    return eng.relay(ctx, host, int(port or 5061), "tls")
+
+
 _PROXY = re.compile(r"^(?:(udp|tcp|tls):)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", re.I)
 
 
@@ -81,8 +89,9 @@ def t_relay_to(ctx: Any, proxy: str = "", flags: int = 0) -> int:
     mt = _PROXY.match(proxy)
     if mt is None:
         return -1
-    return eng.relay(ctx, mt.group(2).strip("[]"), int(mt.group(3) or 5060),
-                     (mt.group(1) or "udp").lower())
+    proto = (mt.group(1) or "udp").lower()
+    return eng.relay(ctx, mt.group(2).strip("[]"),
+                     int(mt.group(3) or (5061 if proto == "tls" else 5060)), proto)
 
 
 def t_newtran(ctx: Any) -> int:
@@ -181,16 +190,8 @@ def t_set_fr(ctx: Any, fr_inv: int, fr: int = 0) -> int:
 
 def append_branch(ctx: Any, uri: str = "", q: str = "") -> int:
     target = uri or ctx.ruri or ctx.msg.ruri
-    ctx.cache.setdefault("branches", []).append(
-        (target, "" if uri else (ctx.dst_uri or ""), ctx.bflags, _q(q)))
+    add_branch(ctx, target, "" if uri else (ctx.dst_uri or ""), parse_q(q), "", ctx.bflags)
     return 1
-
-
-def _q(q: Any) -> float:
-    try:
-        return float(q) if q not in ("", None) else 1.0
-    except ValueError:
-        return 1.0
 
 
 def _contacts_avp(ctx: Any) -> str:
@@ -204,9 +205,9 @@ def t_load_contacts(ctx: Any) -> int:
     branches = ctx.cache.pop("branches", [])
     if not branches:
         return 1        # only the R-URI: nothing to order (Kamailio returns 1)
-    q_ruri = _q(ctx.cache.get("ruri_q", ""))
+    q_ruri = parse_q(ctx.cache.get("ruri_q", ""))
     items = [(q_ruri, 0, ctx.ruri or ctx.msg.ruri, ctx.dst_uri or "")]
-    items += [(b[3], i + 1, b[0], b[1]) for i, b in enumerate(branches)]
+    items += [(b.q, i + 1, b.uri, b.dst_uri) for i, b in enumerate(branches)]
     items.sort(key=lambda x: (-x[0], x[1]))
     ctx.avps[_contacts_avp(ctx)] = [f"{q}\t{u}\t{d}" for q, _, u, d in items]
     return 1
@@ -234,7 +235,7 @@ def t_next_contacts(ctx: Any) -> int:
     ctx.cache.pop("ruri_used", None)
     for g in group[1:]:
         _, u, d = g.split("\t")
-        ctx.cache.setdefault("branches", []).append((u, d, 0, 1.0))
+        add_branch(ctx, u, d)
     eng = _engine(ctx)
     tid = ctx.cache.get("tm_txn")
     if eng is not None and tid is not None:
@@ -476,6 +477,8 @@ exports = Module(
                  doc="Relay statefully over UDP."),
         Function("t_relay_to_tcp", t_relay_to_tcp, _hostport, _REQ_FAIL,
                  doc="Relay statefully over TCP."),
+        Function("t_relay_to_tls", t_relay_to_tls, _hostport, _REQ_FAIL,
+                 doc="Relay statefully over TLS."),
         Function("t_relay_to", t_relay_to, (Arg("proxy", optional=True),
                                             Arg("flags", "int", optional=True)),
                  _REQ_FAIL, _proxy_fixup, "Relay statefully to proto:host:port."),

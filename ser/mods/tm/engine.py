@@ -100,6 +100,7 @@ class Engine:
         self.routes: Any = None
         self.has_onreply = False
         self.last_slot = 0
+        self.on_final: list[Callable[[Context, int, str], None]] = []
 
     def bind(self, core: Any) -> None:
         """Called by the process's ``receive.Core``: the sender and the script."""
@@ -107,6 +108,10 @@ class Engine:
         self.routes = core.routes
         table = getattr(core.routes, "table", {}) if core.routes is not None else {}
         self.has_onreply = any(k[0] == "onreply" for k in table)
+        # completion hook: fn(request ctx, final code, reason) from any module's
+        # state["tm_on_final"] (acc), run when a final reply goes upstream
+        mods = getattr(core.rt, "modules", None) or {}
+        self.on_final = [fn for i in mods.values() for fn in i.state.get("tm_on_final", ())]
 
     # ------------------------------------------------------------------ helpers
     def _sock_index(self, si: Any) -> int:
@@ -159,6 +164,13 @@ class Engine:
                     self.local_reply(act[1], act[2], act[3])
                 elif kind == "failure":
                     self._run_failure(act[1], act[2])
+                elif kind == "final":
+                    txn, code, raw = act[1:]
+                    ctx = self._ctx_for(txn, tid)
+                    ctx.cache["tm_final_reply"] = raw
+                    reason = raw.split(b"\r\n", 1)[0].split(b" ", 2)[2:]
+                    for fn in self.on_final:
+                        fn(ctx, code, reason[0].decode("utf-8", "replace") if reason else "")
                 elif kind == "freed":
                     self.stats.inc("tm:freed")
                     self.stats.inc("tm:current", -1)
@@ -196,6 +208,8 @@ class Engine:
                     self.stats.inc("tm:rpl_generated")
                 if code >= 200:
                     self.stats.inc(_CLASS_STAT.get(code // 100, "tm:6xx_transactions"))
+                    if self.on_final:
+                        out.append(("final", txn, code, raw))
                     if local:
                         txn.flags |= F_LOCAL_FINAL
                         self.stats.inc("tm:total_local")
@@ -386,11 +400,12 @@ class Engine:
         uri = ctx.ruri or msg.ruri
         out = []
         if not ctx.cache.get("ruri_used"):
-            dst = f"sip:{host}:{port or 5060};transport={proto or 'udp'}" if host else \
+            h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            dst = f"sip:{h}:{port or 5060};transport={proto or 'udp'}" if host else \
                 (ctx.dst_uri or "")
             out.append((uri, dst, ctx.bflags))
         for b in ctx.cache.pop("branches", ()):
-            out.append((b[0], b[1] or "", b[2] if len(b) > 2 else 0))
+            out.append((b.uri, b.dst_uri, b.flags))
         return out
 
     def relay(self, ctx: Context, host: str = "", port: int = 0, proto: str = "") -> int:
@@ -477,8 +492,11 @@ class Engine:
                 b.retr_iv = self.t1
                 b.retr_at = now + self.t1
             b.fr_at = now + fr
+            raw = branch_request(txn, b)
+            if not core.onsend(ctx, proto, ip, port, si, raw):
+                continue
             txn.branches.append(b)
-            out.append(("send", proto, ip, port, b.sock, branch_request(txn, b)))
+            out.append(("send", proto, ip, port, b.sock, raw))
             added = True
         return added
 

@@ -1,0 +1,370 @@
+"""TLS profiles and contexts (pyOpenSSL), as Kamailio's tls module defines them.
+
+Theory of operation. A *profile* is one set of TLS settings (method,
+certificate, key, CA list, CRL, verification, ciphers, SNI name) for one
+role: ``server`` (connections accepted on a ``listen=tls:`` socket) or
+``client`` (connections ser opens). The module parameters make the
+``default`` profile of both roles; the ``config`` file (Kamailio's ini-like
+``tls.cfg``) adds ``[server:default]``, ``[client:default]``,
+``[server:IP:PORT]`` and ``[client:IP:PORT]`` sections, a specific section
+starting from the module parameters. :func:`load_profiles` reads and checks
+everything (files readable, key matching the certificate, method allowed)
+and builds one ``SSL.Context`` per profile; the master does it before the
+fork, ``tls.reload`` does it again in every TCP worker.
+
+Connections themselves live in ``ser.core.tcp``: a TLS connection is a TCP
+connection with an ``SSL.Connection`` over its non-blocking socket.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from OpenSSL import SSL, crypto
+
+# method name -> (min version, max version); None: refused as insecure
+_V12, _V13, _V11 = SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION, SSL.TLS1_1_VERSION
+METHODS: dict[str, tuple[int, int] | None] = {
+    "TLSv1.2+": (_V12, 0), "TLSv1.3+": (_V13, 0), "TLSv1.1+": (_V11, 0),
+    "TLSv1.2": (_V12, _V12), "TLSv1.3": (_V13, _V13), "TLSv1.1": (_V11, _V11),
+    "SSLv2": None, "SSLv3": None, "SSLv23": None, "TLSv1": None, "TLSv1.0": None,
+    "TLSv1+": None, "TLSv1.0+": None,
+}
+DEFAULT_METHOD = "TLSv1.2+"
+
+
+class TlsError(Exception):
+    """A TLS setting or file that cannot be used; the message says which."""
+
+
+def check_method(value: Any) -> str | None:
+    """The error of a ``tls_method`` value, or None."""
+    name = str(value).strip()
+    if not name:
+        return None
+    for known, rng in METHODS.items():
+        if known.lower() == name.lower():
+            if rng is None:
+                return (f"'{name}' allows SSLv2/SSLv3/TLSv1.0, which are insecure and "
+                        f"refused; use TLSv1.2+ (or TLSv1.1+, TLSv1.2, TLSv1.3)")
+            return None
+    return f"unknown TLS method '{name}' (use one of {', '.join(k for k, v in METHODS.items() if v)})"
+
+
+@dataclass
+class Profile:
+    role: str = "server"                  # "server" or "client"
+    addr: str = "default"                 # "default" or "IP:PORT"
+    method: str = DEFAULT_METHOD
+    certificate: str = ""
+    private_key: str = ""
+    ca_list: str = ""
+    crl: str = ""
+    cipher_list: str = ""
+    verify_certificate: bool = False
+    verify_depth: int = 9
+    require_certificate: bool = False
+    server_name: str = ""
+    origin: str = "modparam"
+    ctx: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}:{self.addr}"
+
+
+_KEYS = {"method": "method", "tls_method": "method", "certificate": "certificate",
+         "private_key": "private_key", "pkey": "private_key", "ca_list": "ca_list",
+         "crl": "crl", "cipher_list": "cipher_list", "verify_certificate": "verify_certificate",
+         "verify_cert": "verify_certificate", "verify_depth": "verify_depth",
+         "require_certificate": "require_certificate", "require_cert": "require_certificate",
+         "server_name": "server_name", "server_id": None, "server_name_mode": None,
+         "ca_path": None, "verify_client": None}
+_BOOL = {"yes": True, "on": True, "true": True, "1": True, "enable": True,
+         "no": False, "off": False, "false": False, "0": False, "disable": False}
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, int):
+        return bool(v)
+    b = _BOOL.get(str(v).strip().lower())
+    if b is None:
+        raise TlsError(f"'{v}' is not yes or no")
+    return b
+
+
+def resolve_path(path: str, cfg_dir: str) -> str:
+    """Kamailio's rule: absolute stays, './x' is relative to the working
+    directory, anything else to the main config file's directory."""
+    if not path or os.path.isabs(path) or path.startswith("."):
+        return path
+    return os.path.join(cfg_dir, path)
+
+
+def base_profiles(params: dict[str, Any]) -> Profile:
+    return Profile(method=str(params.get("tls_method") or DEFAULT_METHOD),
+                   certificate=str(params.get("certificate") or ""),
+                   private_key=str(params.get("private_key") or ""),
+                   ca_list=str(params.get("ca_list") or ""),
+                   crl=str(params.get("crl") or ""),
+                   cipher_list=str(params.get("cipher_list") or ""),
+                   verify_certificate=bool(int(params.get("verify_certificate") or 0)),
+                   verify_depth=int(params.get("verify_depth") or 9),
+                   require_certificate=bool(int(params.get("require_certificate") or 0)),
+                   server_name=str(params.get("server_name") or ""))
+
+
+def parse_config_file(path: str, base: Profile) -> list[Profile]:
+    """The profiles of a tls.cfg file; TlsError names the file and the problem."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       inline_comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path) as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise TlsError(f"tls config file {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        raise TlsError(f"tls config file {path}: {e}".replace("\n", " ")) from None
+    out = []
+    for sect in parser.sections():
+        role, _, addr = sect.partition(":")
+        role = role.strip().lower()
+        addr = addr.strip() or "default"
+        if role not in ("server", "client"):
+            raise TlsError(f"tls config file {path}: section [{sect}] must be "
+                           f"[server:...] or [client:...]")
+        if addr.lower() in ("default", "any"):
+            addr = "default"
+        prof = replace(base, role=role, addr=_norm_addr(addr), origin=path)
+        for key, value in parser.items(sect):
+            attr = _KEYS.get(key.strip().lower(), "?")
+            if attr == "?":
+                raise TlsError(f"tls config file {path}: [{sect}]: unknown option '{key}'")
+            if attr is None:
+                continue
+            value = value.strip()
+            try:
+                if attr in ("verify_certificate", "require_certificate"):
+                    setattr(prof, attr, _bool(value))
+                elif attr == "verify_depth":
+                    prof.verify_depth = int(value)
+                else:
+                    setattr(prof, attr, value)
+            except (TlsError, ValueError) as e:
+                raise TlsError(f"tls config file {path}: [{sect}] {key}: {e}") from None
+        err = check_method(prof.method)
+        if err:
+            raise TlsError(f"tls config file {path}: [{sect}] method: {err}")
+        out.append(prof)
+    return out
+
+
+def _norm_addr(addr: str) -> str:
+    if addr == "default":
+        return addr
+    host, _, port = addr.rpartition(":")
+    return f"{host.strip('[]')}:{port}"
+
+
+class Profiles:
+    """Every profile, with a context built for each; lookups by role and address."""
+
+    def __init__(self, profiles: list[Profile]) -> None:
+        self.by_name = {p.name: p for p in profiles}
+
+    def server(self, host: str, port: int) -> Profile:
+        return self.by_name.get(f"server:{host}:{port}") or self.by_name["server:default"]
+
+    def client(self, host: str, port: int) -> Profile:
+        return self.by_name.get(f"client:{host}:{port}") or self.by_name["client:default"]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"profile": p.name, "method": p.method, "certificate": p.certificate,
+                 "verify_certificate": int(p.verify_certificate),
+                 "require_certificate": int(p.require_certificate),
+                 "server_name": p.server_name, "source": p.origin}
+                for p in self.by_name.values()]
+
+
+def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool) -> Profiles:
+    """Read every profile and build its context; TlsError on the first problem."""
+    err = check_method(params.get("tls_method") or DEFAULT_METHOD)
+    if err:
+        raise TlsError(f"tls_method: {err}")
+    base = base_profiles(params)
+    profiles = {f"{r}:default": replace(base, role=r) for r in ("server", "client")}
+    cfile = str(params.get("config") or "")
+    if cfile:
+        cfile = resolve_path(cfile, cfg_dir)
+        for p in parse_config_file(cfile, base):
+            profiles[p.name] = p
+    for p in profiles.values():
+        for attr in ("certificate", "private_key", "ca_list", "crl"):
+            setattr(p, attr, resolve_path(getattr(p, attr), cfg_dir))
+        if p.role == "server" and not need_server:
+            continue
+        p.ctx = build_context(p)
+    return Profiles(list(profiles.values()))
+
+
+def _verify_cb(prof: Profile) -> Any:
+    strict = prof.verify_certificate
+
+    def cb(conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        return bool(ok) or not strict
+    return cb
+
+
+def build_context(p: Profile) -> SSL.Context:
+    rng = METHODS.get(next((k for k in METHODS if k.lower() == p.method.lower()), ""))
+    if rng is None:
+        raise TlsError(f"{p.name}: {check_method(p.method)}")
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(rng[0])
+    if rng[1]:
+        ctx.set_max_proto_version(rng[1])
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    where = f"tls profile {p.name} ({p.origin})"
+    if p.certificate:
+        try:
+            ctx.use_certificate_chain_file(p.certificate)
+        except (SSL.Error, OSError) as e:
+            raise TlsError(f"{where}: cannot load certificate {p.certificate}: "
+                           f"{_why(e, p.certificate)}") from None
+        try:
+            ctx.use_privatekey_file(p.private_key or p.certificate)
+            ctx.check_privatekey()
+        except (SSL.Error, OSError) as e:
+            raise TlsError(f"{where}: cannot load private key {p.private_key or p.certificate}"
+                           f": {_why(e, p.private_key or p.certificate)}") from None
+    elif p.role == "server":
+        raise TlsError(f"{where}: no certificate (set modparam(\"tls\", \"certificate\", ...) "
+                       f"or 'certificate' in the config file; `serctl tls gencert` makes one)")
+    if p.ca_list:
+        try:
+            ctx.load_verify_locations(p.ca_list)
+        except (SSL.Error, OSError) as e:
+            raise TlsError(f"{where}: cannot load ca_list {p.ca_list}: "
+                           f"{_why(e, p.ca_list)}") from None
+        if p.role == "server":
+            try:
+                with open(p.ca_list, "rb") as f:
+                    cas = [crypto.load_certificate(crypto.FILETYPE_PEM, b)
+                           for b in _pem_blocks(f.read())]
+                ctx.set_client_ca_list([c.get_subject() for c in cas])
+            except (crypto.Error, OSError):
+                pass
+    if p.crl:
+        try:
+            from cryptography import x509
+            with open(p.crl, "rb") as f:
+                crl = x509.load_pem_x509_crl(f.read())
+            ctx.get_cert_store().add_crl(crl)
+            ctx.get_cert_store().set_flags(crypto.X509StoreFlags.CRL_CHECK)
+        except (crypto.Error, OSError, ValueError) as e:
+            raise TlsError(f"{where}: cannot load crl {p.crl}: {_why(e, p.crl)}") from None
+    if p.cipher_list:
+        try:
+            ctx.set_cipher_list(p.cipher_list.encode())
+        except SSL.Error as e:
+            raise TlsError(f"{where}: bad cipher_list '{p.cipher_list}': {e}") from None
+    mode = SSL.VERIFY_NONE
+    if p.role == "server":
+        if p.verify_certificate or p.require_certificate:
+            mode = SSL.VERIFY_PEER
+        if p.require_certificate:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    elif p.verify_certificate:
+        mode = SSL.VERIFY_PEER
+    ctx.set_verify(mode, _verify_cb(p))
+    ctx.set_verify_depth(p.verify_depth)
+    if p.role == "server":
+        ctx.set_session_id(b"ser")
+    return ctx
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    out = []
+    end = b"-----END CERTIFICATE-----"
+    for part in data.split(end)[:-1]:
+        start = part.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            out.append(part[start:] + end + b"\n")
+    return out
+
+
+def _why(e: Exception, path: str) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if not os.path.exists(path):
+        return "no such file"
+    return str(e) or type(e).__name__
+
+
+# ------------------------------------------------------------- connection facts
+
+def _name_oneline(name: Any) -> str:
+    if name is None:
+        return ""
+    return "".join(f"/{k.decode()}={v.decode(errors='replace')}"
+                   for k, v in name.get_components())
+
+
+def cert_facts(cert: Any) -> dict[str, Any]:
+    """subject, issuer, version, serial and the CNs of an X509 (pyOpenSSL)."""
+    if cert is None:
+        return {}
+    subj, iss = cert.get_subject(), cert.get_issuer()
+    return {"subject": _name_oneline(subj), "issuer": _name_oneline(iss),
+            "version": cert.get_version(), "serial": cert.get_serial_number(),
+            "subject_cn": subj.CN or "", "issuer_cn": iss.CN or ""}
+
+
+def description(conn: Any) -> str:
+    """SSL_CIPHER_description's shape: name, version, bits."""
+    name = conn.get_cipher_name() or ""
+    return f"{name} {conn.get_cipher_version() or ''} bits={conn.get_cipher_bits() or 0}"
+
+
+# ------------------------------------------------------------- gencert
+
+def gencert(key_path: str, cert_path: str, cn: str = "localhost", days: int = 365,
+            alt: list[str] | None = None) -> None:
+    """A self-signed RSA-2048 key and certificate (PEM) for a quick start."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ser")])
+    sans: list[x509.GeneralName] = []
+    for a in [cn, *(alt or [])]:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(a)))
+        except ValueError:
+            sans.append(x509.DNSName(a))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,283 @@
+"""TCP end to end: sipp over TCP, outgoing connections, hand-off between
+processes, connection reuse, keep-alives and hostile clients."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .conftest import SERCTL, free_port, need
+from .test_tls import Peer, register, reply_to, request
+
+ROOT = Path(__file__).resolve().parents[2]
+SCEN = ROOT / "bench" / "scenarios"
+
+CFG = """\
+#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
+tcp_connection_lifetime=600
+tcp_max_connections_per_ip=1024
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "rr.so"
+loadmodule "siputils.so"
+loadmodule "jsonrpcs.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+DBMODS
+
+request_route {{
+    if (is_method("OPTIONS") && $rU == "ping") {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    if (is_method("REGISTER")) {{
+AUTH
+        save("location");
+        exit;
+    }}
+    if (is_method("INVITE")) {{
+        record_route();
+    }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            t_relay();
+            exit;
+        }}
+    }}
+    if ($rU == "tcpup") {{
+        t_relay_to_tcp("127.0.0.1", "UPPORT");
+        exit;
+    }}
+    if ($rU == "tcpto") {{
+        t_relay_to("tcp:127.0.0.1:UPPORT");
+        exit;
+    }}
+    if ($rU == "bob") {{
+        t_relay_to_udp("127.0.0.2", "UPPORT");
+        exit;
+    }}
+    if (!lookup("location")) {{
+        sl_send_reply("404", "Not Here");
+        exit;
+    }}
+    t_relay();
+}}
+"""
+
+AUTH = """\
+        if (!www_authorize("example.com", "subscriber")) {{
+            www_challenge("example.com", "0");
+            exit;
+        }}"""
+
+
+def cfg(up_port: int = 9, auth_db: str = "") -> str:
+    text = CFG.replace("UPPORT", str(up_port))
+    if auth_db:
+        return text.replace("DBMODS", f'loadmodule "db_sqlite.so"\nloadmodule "auth.so"\n'
+                            f'loadmodule "auth_db.so"\n'
+                            f'modparam("auth_db", "db_url", "sqlite://{auth_db}")\n'
+                            f'modparam("auth_db", "calculate_ha1", 1)\n'
+                            f'modparam("auth_db", "password_column", "password")') \
+            .replace("AUTH", AUTH)
+    return text.replace("DBMODS", "").replace("AUTH\n", "")
+
+
+def test_sipp_tcp_register_with_auth_and_proxied_call(ser_factory, tmp_path):
+    need("sipp")
+    db = tmp_path / "ser.db"
+    for args in (["db", "init", f"sqlite://{db}"],
+                 ["--db", f"sqlite://{db}", "add", "alice@example.com", "secret"]):
+        r = subprocess.run([SERCTL, *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    uas_port = free_port("127.0.0.2")
+    ser = ser_factory(cfg(uas_port, str(db)))
+    users = tmp_path / "users.csv"
+    users.write_text("SEQUENTIAL\nalice;[authentication username=alice password=secret]\n")
+    r = subprocess.run(["sipp", "-sf", str(SCEN / "register_auth.xml"), "-inf", str(users),
+                        "-t", "t1", "-m", "3", "-r", "10", "-i", "127.0.0.1", "-nostdin",
+                        "-timeout", "20s", f"127.0.0.1:{ser.port}"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + ser.logtext()
+    assert "alice" in str(ser.rpc("ul.dump"))
+    # a call over TCP from the caller, relayed to a UDP callee (sipp uas)
+    uas = subprocess.Popen(["sipp", "-sf", str(SCEN / "uas.xml"), "-i", "127.0.0.2", "-p",
+                            str(uas_port), "-nostdin"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(["sipp", "-sf", str(SCEN / "uac_call.xml"), "-t", "t1",
+                              "-i", "127.0.0.1", "-m", "3", "-r", "5", "-nostdin", "-s", "bob",
+                              "-timeout", "30s", f"127.0.0.1:{ser.port}"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+        assert re.search(r"Successful call\s+\|\s+\d+\s+\|\s+3\b", text), \
+            text[-3000:] + ser.logtext()[-3000:]
+    finally:
+        uas.terminate()
+        uas.wait(10)
+
+
+def _tcp_upstream(port: int, answers: int = 1) -> tuple[socket.socket, list[str]]:
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(8)
+    lsock.settimeout(15)
+    got: list[str] = []
+
+    def serve() -> None:
+        try:
+            raw, _ = lsock.accept()
+            peer = Peer(raw)
+            while len(got) < answers:
+                m = peer.recv_msg(timeout=10)
+                got.append(m)
+                peer.send(reply_to(m, 200, "OK"))
+            time.sleep(0.5)
+            peer.close()
+        except (OSError, TimeoutError):
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    return lsock, got
+
+
+def test_udp_request_relayed_over_new_outgoing_tcp_connection(ser_factory):
+    """A UDP worker has no TCP connections: it hands the request to a TCP
+    worker, which connects; the reply comes back over TCP and goes out UDP."""
+    up = free_port()
+    ser = ser_factory(cfg(up))
+    lsock, got = _tcp_upstream(up, answers=2)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.settimeout(5)
+    try:
+        for i, user in enumerate(("tcpup", "tcpto")):
+            caller.sendto(request("OPTIONS", f"sip:{user}@example.com", "UDP",
+                                  caller.getsockname(), f"z9hG4bKup{i}"), ("127.0.0.1", ser.port))
+            data = caller.recv(65535).decode()
+            assert data.startswith("SIP/2.0 200"), data
+    finally:
+        caller.close()
+        lsock.close()
+    assert len(got) == 2
+    assert re.search(rf"^Via: SIP/2.0/TCP 127\.0\.0\.1:{ser.port};branch=", got[0], re.M)
+
+
+def test_ua_registered_over_tcp_gets_invite_over_its_connection(ser_factory):
+    ser = ser_factory(cfg())
+    alice = Peer.tcp(ser.port)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.settimeout(3)
+    try:
+        assert register(alice, "TCP", ser.port, "z9hG4bKtr1").startswith("SIP/2.0 200")
+        caller.sendto(request("INVITE", "sip:alice@example.com", "UDP", caller.getsockname(),
+                              "z9hG4bKtinv"), ("127.0.0.1", ser.port))
+        got = alice.expect("INVITE ", timeout=5)
+        assert re.search(rf"^Via: SIP/2.0/TCP 127\.0\.0\.1:{ser.port};", got, re.M)
+        alice.send(reply_to(got, 180, "Ringing"))
+        assert caller.recv(65535).decode().split()[1] in ("100", "180")
+    finally:
+        alice.close()
+        caller.close()
+
+
+def test_crlf_keepalive_gets_a_pong(ser_factory):
+    ser = ser_factory(cfg())
+    s = socket.create_connection(("127.0.0.1", ser.port), timeout=3)
+    try:
+        s.sendall(b"\r\n\r\n")
+        assert s.recv(16) == b"\r\n"
+        # the connection still carries SIP afterwards
+        peer = Peer(s)
+        peer.send(request("OPTIONS", "sip:ping@example.com", "TCP", peer.local, "z9hG4bKka"))
+        assert peer.expect("SIP/2.0 200").startswith("SIP/2.0 200")
+    finally:
+        s.close()
+
+
+def test_slowloris_does_not_hold_other_clients(ser_factory):
+    """200 connections dripping one byte a second; another client is served
+    within 100 ms throughout."""
+    ser = ser_factory(cfg())
+    slow = [socket.create_connection(("127.0.0.1", ser.port), timeout=3) for _ in range(200)]
+    msg = request("OPTIONS", "sip:ping@example.com", "TCP", ("127.0.0.1", 1), "z9hG4bKslow")
+    worst = 0.0
+    try:
+        for sec in range(4):
+            for s in slow:
+                s.send(msg[sec:sec + 1])
+            t0 = time.monotonic()
+            fast = Peer.tcp(ser.port)
+            try:
+                fast.send(request("OPTIONS", "sip:ping@example.com", "TCP", fast.local,
+                                  f"z9hG4bKfast{sec}"))
+                assert fast.expect("SIP/2.0 200", timeout=2)
+            finally:
+                fast.close()
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+    finally:
+        for s in slow:
+            s.close()
+    assert worst < 0.1, f"a normal client waited {worst * 1000:.0f} ms"
+
+
+def test_tcp_max_connections_refuses_beyond_the_limit(ser_factory):
+    ser = ser_factory(cfg().replace("tcp_connection_lifetime=600",
+                                    "tcp_connection_lifetime=600\ntcp_max_connections=4"))
+    conns = []
+    try:
+        for _ in range(8):
+            conns.append(socket.create_connection(("127.0.0.1", ser.port), timeout=3))
+        time.sleep(0.5)
+        alive = 0
+        for s in conns:
+            s.settimeout(0.2)
+            try:
+                alive += s.recv(1) != b""
+            except TimeoutError:
+                alive += 1
+            except OSError:
+                pass
+        assert alive == 4
+    finally:
+        for s in conns:
+            s.close()
+    assert "refused: limit reached" in ser.logtext()
+
+
+def test_connect_to_a_dead_destination_fails_cleanly(ser_factory):
+    dead = free_port()
+    ser = ser_factory(cfg(dead))
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.settimeout(3)
+    try:
+        caller.sendto(request("OPTIONS", "sip:tcpup@example.com", "UDP", caller.getsockname(),
+                              "z9hG4bKdead"), ("127.0.0.1", ser.port))
+        time.sleep(1.0)
+    finally:
+        caller.close()
+    assert re.search(rf"tcp connect to 127\.0\.0\.1:{dead} failed: ECONNREFUSED", ser.logtext())
+    # the workers are still serving
+    p = Peer.tcp(ser.port)
+    try:
+        p.send(request("OPTIONS", "sip:ping@example.com", "TCP", p.local, "z9hG4bKafter"))
+        assert p.expect("SIP/2.0 200")
+    finally:
+        p.close()
