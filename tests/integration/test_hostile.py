@@ -433,8 +433,8 @@ def test_hostile_messages_are_answered_or_dropped_with_a_log_line(ser_factory):
 FUZZ_CFG = HOSTILE_CFG.replace(
     'loadmodule "jsonrpcs.so"', 'loadmodule "jsonrpcs.so"\nloadmodule "pv.so"\nloadmodule "xlog.so"'
 ).replace("    sanity_check();\n", '    xlog("L_DBG", "$fu $tu $ci $cs $ct $ua\\n");\n')
-FUZZ_SECONDS = 15.0     # bounded in time and in count
-FUZZ_MAX = 20000
+FUZZ_SECONDS = 60.0     # the issue asks for 60 s; bounded in time and in count
+FUZZ_MAX = 80000
 MUTATION_BYTES = b"\x00\r\n :;,<>\"\\%@=\xff\xc3?/"
 
 

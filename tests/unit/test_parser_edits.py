@@ -194,3 +194,9 @@ def test_reply_to_a_request_without_via_is_a_protocol_error_without_status():
     with pytest.raises(ProtocolError) as e:
         build_reply(parse_message(raw), 200, "OK", received="127.0.0.1", rport=5060)
     assert e.value.status is None
+
+
+def test_content_length_with_odd_whitespace_is_read_as_checked():
+    raw = REQ.replace(b"Content-Length: 5", b"Content-Length: 5\x1d")
+    m = parse_message(raw)
+    assert m.content_length == 5 and m.body == b"hello"

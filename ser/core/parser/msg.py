@@ -170,9 +170,7 @@ class SipMessage:
     @lazy
     def content_length(self) -> int | None:
         """The Content-Length value (checked at parse time), None when absent."""
-        if "content-length" not in self._keys:
-            return None
-        return int(self._parts[self._keys.index("content-length")][2])
+        return None     # a present Content-Length is checked and cached at parse time
 
     @lazy
     def expires(self) -> int | None:
@@ -400,7 +398,9 @@ def _parse(data: bytes, max_size: int) -> SipMessage:
     msg._edits = None
 
     if "content-length" in keys:
-        end = body_start + _content_length(msg, parts, keys)
+        cl = _content_length(msg, parts, keys)
+        msg._cache["content_length"] = cl
+        end = body_start + cl
         if end > n:
             raise ProtocolError(400 if msg.is_request else None,
                                 "Content-Length larger than the message")
