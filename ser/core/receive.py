@@ -8,6 +8,12 @@ in ``err_requests`` either way; a reply is never answered. A request runs
 ``reply_route`` (if any) and is relayed statelessly by its Via when it is
 not for us. Every send goes through :meth:`Core.send`, which knows the
 socket or connection a message must leave by.
+
+Byte hooks: a module may list ``fn(data) -> bytes | None`` in its
+``state["core_in"]`` (applied to every received message before parsing) and
+``fn(data, dest) -> bytes | None`` in ``state["core_out"]`` (applied to every
+message about to leave, in :meth:`Core.send` and the UDP reply path); None
+drops the message. topoh masks and unmasks through them.
 """
 
 from __future__ import annotations
@@ -70,10 +76,18 @@ class Core:
         self.tm: Any = tm.state.get("engine") if tm is not None else None
         if self.tm is not None:
             self.tm.bind(self)
+        mods = cfg.modules.values() if isinstance(getattr(cfg, "modules", None), dict) else ()
+        self.in_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_in", ())]
+        self.out_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_out", ())]
 
     # -- receiving ----------------------------------------------------------------
     def receive(self, data: bytes, si: SocketInfo, src: tuple[str, int],
                 conn: Any = None) -> None:
+        for hook in self.in_hooks:
+            data = hook(data)
+            if data is None:
+                self.stats.inc("core:drop_requests")
+                return
         try:
             msg = parse_message(data)
         except ProtocolError as e:
@@ -166,6 +180,10 @@ class Core:
             port = rcv.port
             if via is not None and via.rport is None and not ctx.options.get("force_rport"):
                 port = via.port or 5060
+            for hook in self.out_hooks:
+                raw = hook(raw, rcv)
+                if raw is None:
+                    return False
             try:
                 rcv.si.sock.sendto(raw, (rcv.host, port))
             except OSError as e:
@@ -181,6 +199,10 @@ class Core:
 
     # -- sending ------------------------------------------------------------------
     def send(self, dest: Dest, data: bytes) -> bool:
+        for hook in self.out_hooks:
+            data = hook(data, dest)
+            if data is None:
+                return False
         try:
             if dest.proto == "udp":
                 si = dest.si or self.socket_for("udp", dest.host)
