@@ -226,6 +226,18 @@ class Table:
 
     # -- writes -------------------------------------------------------------
 
+    def _relink(self, slot: int, stripe: int, link: int, r: int, hdr: tuple, key: bytes,
+                value: bytes, h: int, expires: float, flags: int) -> int:
+        """Under the bucket lock: a new, complete record for ``key`` linked where
+        ``r`` was (or at the head of ``slot``). Returns the replaced record, for
+        the caller to free once the lock is released (0: none)."""
+        if r:
+            self._w[link >> 3] = self._build(key, value, h, expires, flags, hdr[0])
+            return r
+        self._w[slot >> 3] = self._build(key, value, h, expires, flags, self._w[slot >> 3])
+        self._count(stripe, 1)
+        return 0
+
     def set(self, key: bytes, value: bytes, expires: float = 0, flags: int = 0) -> None:
         """Store ``value`` under ``key``, replacing any old record."""
         h, s, slot = self._place(key)
@@ -268,15 +280,7 @@ class Table:
             link, r, hdr = self._find(slot, key, h)
             if r and not (hdr[1] and hdr[1] <= now):
                 return False
-            if r:
-                new = self._build(key, value, h, expires, flags, hdr[0])
-                old = r
-            else:
-                new = self._build(key, value, h, expires, flags, self._w[slot >> 3])
-                link = slot
-            self._w[link >> 3] = new
-            if not r:
-                self._count(s, 1)
+            old = self._relink(slot, s, link, r, hdr, key, value, h, expires, flags)
         finally:
             self._locks.release(s)
         if old:
@@ -319,15 +323,7 @@ class Table:
                 self._i[vo >> 3] = v
                 return v
             v = _wrap64(delta)
-            if r:
-                new = self._build(key, _q.pack(v), h, expires, 0, hdr[0])
-                old = r
-            else:
-                new = self._build(key, _q.pack(v), h, expires, 0, self._w[slot >> 3])
-                link = slot
-            self._w[link >> 3] = new
-            if not r:
-                self._count(s, 1)
+            old = self._relink(slot, s, link, r, hdr, key, _q.pack(v), h, expires, 0)
         finally:
             self._locks.release(s)
         if old:
@@ -380,15 +376,7 @@ class Table:
             fl = flags if flags is not None else (hdr[5] if live else 0)
             if live and new_value == cur and exp == hdr[1] and fl == hdr[5]:
                 return new_value
-            if r:
-                new = self._build(key, new_value, h, exp, fl, hdr[0])
-                old = r
-            else:
-                new = self._build(key, new_value, h, exp, fl, self._w[slot >> 3])
-                link = slot
-            self._w[link >> 3] = new
-            if not r:
-                self._count(s, 1)
+            old = self._relink(slot, s, link, r, hdr, key, new_value, h, exp, fl)
             return new_value
         finally:
             self._locks.release(s)
