@@ -31,24 +31,8 @@ import time
 from pathlib import Path
 
 from bench.daemon import Server, cpu_seconds, free_port, sipp, tree
-from bench.registrar import pss_kb
+from bench.registrar import ROUTE, SCENARIO, pss_kb
 
-HERE = Path(__file__).parent
-SCENARIO = HERE / "scenarios" / "register.xml"
-
-ROUTE = """\
-request_route {{
-    if (is_method("OPTIONS")) {{
-        sl_send_reply("200", "OK");
-        exit;
-    }}
-    if (is_method("REGISTER")) {{
-        save("location");
-        exit;
-    }}
-    sl_send_reply("404", "Not Here");
-}}
-"""
 COMMON = """\
 #!KAMAILIO
 debug=0
