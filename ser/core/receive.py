@@ -14,6 +14,13 @@ Byte hooks: a module may list ``fn(data) -> bytes | None`` in its
 ``fn(data, dest) -> bytes | None`` in ``state["core_out"]`` (applied to every
 message about to leave, in :meth:`Core.send` and the UDP reply path); None
 drops the message. topoh masks and unmasks through them.
+
+Send-time edits: an edit that depends on the socket a request leaves by
+(rr's double Record-Route) is listed by the script function as
+``(module, arg)`` in ``ctx.cache["send_fixups"]``; once the outgoing socket
+is known, :meth:`Core.fix_request` calls that module's
+``state["send_fixup"](data, arg, in_socket, out_socket)``. The pairs are plain
+data, so tm keeps them with a transaction for the branches it adds later.
 """
 
 from __future__ import annotations
@@ -286,13 +293,24 @@ class Core:
         if ctx.ruri and ctx.ruri != msg.ruri:
             msg.set_ruri(ctx.ruri)
         self._via_edits(ctx, si)
-        raw = msg.serialize()
+        raw = self.fix_request(ctx.cache.get("send_fixups", ()), msg.serialize(),
+                               ctx.rcv.si if ctx.rcv is not None else None, si)
         if not self.onsend(ctx, proto, ip, port, si, raw):
             return False
         ok = self.send(Dest(proto, ip, port, si if si.proto == proto else None), raw)
         if ok:
             self.stats.inc("core:fwd_requests")
         return ok
+
+    def fix_request(self, fixups: Iterable[Any], data: bytes, in_si: SocketInfo | None,
+                    out_si: SocketInfo) -> bytes:
+        """Apply the send-time edits of a request leaving by ``out_si``."""
+        for mod, arg in fixups:
+            inst = self.rt.modules.get(mod)
+            fn = inst.state.get("send_fixup") if inst is not None else None
+            if fn is not None:
+                data = fn(data, arg, in_si, out_si)
+        return data
 
     def _via_edits(self, ctx: Context, si: SocketInfo) -> None:
         """received/rport on the previous hop's Via, and our own Via with a

@@ -1,7 +1,9 @@
 """rr: Record-Route and loose routing (Kamailio's rr module; RFC 3261 16.4, 16.6, 16.12).
 
 ``record_route()`` puts our address (the socket the request came in on) in a
-Record-Route header so the dialog's later requests come through us;
+Record-Route header so the dialog's later requests come through us (two
+headers, marked ``r2=on``, when the request leaves by another socket: the
+second is a send-time edit, see receive.py);
 ``loose_route()`` processes the Route set of such a request: our own entry
 is removed, the next hop goes to ``$du`` (or, for a strict router, to the
 Request-URI), and a Request-URI that is ours because a strict router put our
@@ -23,11 +25,13 @@ def _params(ctx: Any) -> dict[str, Any]:
     return inst.params if inst is not None else {}
 
 
-def _rr_uri(ctx: Any, hostport: str, proto: str, extra: str) -> str:
+def _rr_uri(ctx: Any, hostport: str, proto: str, extra: str, r2: bool = False) -> str:
     p = _params(ctx)
     uri = f"sip:{hostport}"
     if proto != "udp":
         uri += f";transport={proto}"
+    if r2:
+        uri += ";r2=on"
     uri += ";lr" if not p.get("enable_full_lr") else ";lr=on"
     if p.get("append_fromtag"):
         frm = ctx.msg.from_
@@ -51,8 +55,32 @@ def record_route(ctx: Any, params: str = "") -> int:
         return -1
     extra = params if not params or params.startswith(";") else ";" + params
     hostport, proto = _socket_hostport(ctx)
-    msg.add_header("Record-Route", _rr_uri(ctx, hostport, proto, extra), first=True)
+    value = _rr_uri(ctx, hostport, proto, extra)
+    msg.add_header("Record-Route", value, first=True)
+    mode = int(_params(ctx).get("enable_double_rr") or 0)
+    if mode:
+        # the second header needs the socket the request leaves by: a
+        # send-time edit (receive.Core.fix_request -> _double_rr)
+        tail = value[value.index(";lr"):]
+        ctx.cache.setdefault("send_fixups", []).append(
+            ("rr", (mode, value, _rr_uri(ctx, hostport, proto, extra, True), tail)))
     return 1
+
+
+def _double_rr(data: bytes, arg: tuple, in_si: Any, out_si: Any) -> bytes:
+    """Our Record-Route becomes two when the request leaves by another socket
+    (transport, address or port) than it came in on, both marked ``r2=on``
+    (Kamailio's enable_double_rr: 1 then, 2 always); the top one is the
+    outgoing socket, so each side of the dialog reaches us on its own."""
+    mode, value, value_r2, tail = arg
+    if out_si is None or (mode == 1 and (in_si is None or out_si is in_si)):
+        return data
+    needle = f"\r\nRecord-Route: {value}\r\n".encode("utf-8", "surrogateescape")
+    out = f"sip:{out_si.hostport}"
+    if out_si.proto != "udp":
+        out += f";transport={out_si.proto}"
+    pair = (f"\r\nRecord-Route: <{out};r2=on{tail}\r\nRecord-Route: {value_r2}\r\n")
+    return data.replace(needle, pair.encode("utf-8", "surrogateescape"), 1)
 
 
 def record_route_preset(ctx: Any, addr: str, addr2: str = "") -> int:
@@ -167,6 +195,10 @@ def _dir_fixup(args: list[FixedArg]) -> list[FixedArg]:
     return args
 
 
+def _mod_init(inst: Any) -> None:
+    inst.state["send_fixup"] = _double_rr
+
+
 exports = Module(
     name="rr",
     doc="Record-Route and loose routing.",
@@ -174,8 +206,9 @@ exports = Module(
         Param("append_fromtag", int, 0, "Add the From tag (ftag=) to Record-Route URIs, "
               "for is_direction()."),
         Param("enable_full_lr", int, 0, "Write ';lr=on' instead of ';lr'."),
-        Param("enable_double_rr", int, 1, "Two Record-Route headers when the request "
-              "changes transport or interface."),
+        Param("enable_double_rr", int, 1, "Two Record-Route headers (marked r2=on) when "
+              "the request leaves by another socket (transport, address or port) than it "
+              "came in on; 2: always; 0: never."),
         Param("ignore_user", int, 1, "Ignore the user part when checking a Route is ours."),
     ),
     functions=(
@@ -192,4 +225,5 @@ exports = Module(
         Function("check_route_param", check_route_param, (Arg("regex"),), R.REQUEST,
                  doc="Do the parameters of our Route match the regular expression?"),
     ),
+    mod_init=_mod_init,
 )

@@ -281,6 +281,7 @@ class Engine:
         txn.on_reply = c.get("t_on_reply", "")
         txn.on_branch = c.get("t_on_branch", "")
         txn.fr, txn.fr_inv = c.get("t_set_fr", (0, 0))
+        txn.fixups = list(c.get("send_fixups", ()))
         return txn
 
     def _reply_bytes(self, ctx: Context, tid: bytes, code: int, reason: str,
@@ -433,17 +434,28 @@ class Engine:
             tid = txn_id(key)
             txn = self._new(ctx, key, now)
             txn.request = self._base(ctx)
+            prepared = self._branch_routes(ctx, tid, txn.request, 0, targets)
+            if not prepared:
+                return -1
             out: Out = []
             if txn.invite and self.auto_100:
                 raw = self._reply_bytes(ctx, tid, 100, self.reason_100)
                 self._server(txn, 100, raw, now, out, local=True)
-            if not self._add_branches(ctx, tid, txn, targets, now, out):
+            if not self._add_branches(ctx, tid, txn, prepared, now, out):
                 return -1
             r = self._insert(ctx, tid, txn, out, now)
             ctx.cache["ruri_used"] = True
             return r
         # an existing transaction: t_newtran before, or failure_route
         base = None if ctx.route_type & 2 else self._base(ctx)
+        raw0 = self.table.get(tid)
+        if raw0 is None:
+            return -1
+        txn0 = Txn.decode(raw0)
+        prepared = self._branch_routes(ctx, tid, base or txn0.request, len(txn0.branches),
+                                       targets)
+        if not prepared:
+            return -1
         out = []
         ok = False
 
@@ -461,7 +473,7 @@ class Engine:
                 txn.on_failure = ctx.cache["t_on_failure"]
             if ctx.cache.get("t_on_reply") is not None:
                 txn.on_reply = ctx.cache["t_on_reply"]
-            ok = self._add_branches(ctx, tid, txn, targets, now, out)
+            ok = self._add_branches(ctx, tid, txn, prepared, now, out)
             self._reschedule(txn, tid, out)
             return txn.encode()
         try:
@@ -473,12 +485,57 @@ class Engine:
         self._run(tid, out)
         return 1 if ok else -1
 
+    def _branch_routes(self, ctx: Context, tid: bytes, base: bytes, first: int,
+                       targets: list[tuple]) -> list[tuple]:
+        """Run the branch_route (t_on_branch) once per new branch, on a copy
+        of the request for that branch only, before any bucket lock is taken.
+        Returns (uri, dst_uri, bflags, own request or b"", send fixups) per
+        branch kept; ``drop`` there discards that branch alone."""
+        fixups = list(ctx.cache.get("send_fixups", ()))
+        route = ctx.cache.get("t_on_branch") or ""
+        if not route or self.routes is None:
+            return [(u, d, f, b"", fixups) for u, d, f in targets]
+        kept = []
+        for uri, dst, bflags in targets:
+            bctx = self._branch_ctx(ctx, tid, base, uri, dst, bflags, first + len(kept))
+            self._run_route("branch", route, bctx)
+            if bctx.dropped:
+                log.debug("tm: branch_route[%s] dropped the branch to %s", route, uri)
+                continue
+            msg = bctx.msg
+            own = msg.serialize() if msg.changed else b""
+            kept.append((bctx.ruri or uri, bctx.dst_uri or "", bctx.bflags, own,
+                         list(bctx.cache.get("send_fixups", ()))))
+        if not kept:
+            log.info("tm: branch_route[%s] dropped every branch of %s", route,
+                     ctx.msg.method)
+        return kept
+
+    def _branch_ctx(self, ctx: Context, tid: bytes, base: bytes, uri: str, dst: str,
+                    bflags: int, idx: int) -> Context:
+        bctx = Context(parse_message(base), ctx.rt, ctx.src_ip, ctx.src_port, ctx.dst_ip,
+                       ctx.dst_port, ctx.proto)
+        bctx.rcv = ctx.rcv
+        bctx.flags = ctx.flags
+        bctx.bflags = bflags
+        bctx.avps = ctx.avps
+        bctx.options = ctx.options
+        bctx.ruri = uri
+        bctx.dst_uri = dst or None
+        bctx.cache = {k: v for k, v in ctx.cache.items() if k != "branches"}
+        bctx.cache["send_fixups"] = list(ctx.cache.get("send_fixups", ()))
+        bctx.cache["tm_txn"] = tid
+        bctx.cache["tm_branch"] = idx
+        return bctx
+
     def _add_branches(self, ctx: Context, tid: bytes, txn: Txn, targets: list[tuple],
                       now: float, out: Out) -> bool:
         core = self.core
         added = False
         fr = (txn.fr / 1000.0) if txn.fr else self.fr
-        for uri, dst, bflags in targets:
+        socks = core.sockets
+        in_si = socks[txn.src[3]] if 0 <= txn.src[3] < len(socks) else None
+        for uri, dst, bflags, own, fixups in targets:
             target = core.resolve_target(dst or uri)
             if target is None:
                 log.error("tm: cannot resolve the destination of %s", dst or uri)
@@ -487,7 +544,10 @@ class Engine:
             idx = len(txn.branches)
             rport = ";rport" if ctx.options.get("add_local_rport") else ""
             via = f"SIP/2.0/{proto.upper()} {si.hostport};branch={branch_param(tid, idx)}{rport}"
-            b = Branch(uri, proto, ip, port, self._sock_index(si), via, dst, bflags)
+            req = own or txn.request
+            fixed = core.fix_request(fixups or txn.fixups, req, in_si, si)
+            b = Branch(uri, proto, ip, port, self._sock_index(si), via, dst, bflags,
+                       fixed if fixed != txn.request else b"")
             if proto == "udp":
                 b.retr_iv = self.t1
                 b.retr_at = now + self.t1
@@ -669,6 +729,16 @@ class Engine:
         self._maybe_final(tid, txn, now, out)
 
     # ------------------------------------------------------ failure_route
+    def _run_route(self, kind: str, name: str, ctx: Context) -> None:
+        """Run a failure_route or branch_route; a script error is logged, the
+        transaction goes on."""
+        try:
+            self.routes.run(kind, name, ctx)
+        except ProtocolError as e:
+            log.warning("tm: %s_route[%s]: %s", kind, name, e.reason)
+        except Exception:
+            log.exception("tm: %s_route[%s] failed", kind, name)
+
     def _ctx_for(self, txn: Txn, tid: bytes) -> Context:
         from ser.core.receive import Dest
         req = parse_message(txn.request)
@@ -692,12 +762,7 @@ class Engine:
             return
         txn = Txn.decode(raw)
         ctx = self._ctx_for(txn, tid)
-        try:
-            self.routes.run("failure", route, ctx)
-        except ProtocolError as e:
-            log.warning("tm: failure_route[%s]: %s", route, e.reason)
-        except Exception:
-            log.exception("tm: failure_route[%s] failed", route)
+        self._run_route("failure", route, ctx)
         now = time.time()
         out: Out = []
 

@@ -77,10 +77,10 @@ class Branch:
     """One client transaction (a forwarding target)."""
 
     __slots__ = ("state", "uri", "proto", "host", "port", "sock", "via", "retr_at", "retr_iv",
-                 "fr_at", "code", "reply", "cancel", "bflags", "dst_uri")
+                 "fr_at", "code", "reply", "cancel", "bflags", "dst_uri", "req")
 
     def __init__(self, uri: str, proto: str, host: str, port: int, sock: int, via: str,
-                 dst_uri: str = "", bflags: int = 0) -> None:
+                 dst_uri: str = "", bflags: int = 0, req: bytes = b"") -> None:
         self.state = 0
         self.uri = uri
         self.proto = proto
@@ -96,17 +96,18 @@ class Branch:
         self.cancel = 0            # 0 no, 1 to send after a provisional, 2 sent
         self.bflags = bflags
         self.dst_uri = dst_uri
+        self.req = req             # own request (branch_route, double RR); b"": txn's
 
     def to_tuple(self) -> tuple:
         return (int(self.state), self.uri, self.proto, self.host, self.port, self.sock, self.via,
                 self.retr_at, self.retr_iv, self.fr_at, self.code, self.reply, self.cancel,
-                self.bflags, self.dst_uri)
+                self.bflags, self.dst_uri, self.req)
 
     @classmethod
     def from_tuple(cls, t: tuple) -> Branch:
         b = cls.__new__(cls)
         (b.state, b.uri, b.proto, b.host, b.port, b.sock, b.via, b.retr_at, b.retr_iv,
-         b.fr_at, b.code, b.reply, b.cancel, b.bflags, b.dst_uri) = t
+         b.fr_at, b.code, b.reply, b.cancel, b.bflags, b.dst_uri, b.req) = t
         return b
 
 
@@ -125,7 +126,7 @@ class Txn:
     __slots__ = ("key", "flags", "method", "created", "state", "code", "reply", "proto", "host",
                  "port", "sock", "retr_at", "retr_iv", "end_at", "wait_at", "request",
                  "src", "on_failure", "on_reply", "on_branch", "mflags", "fr", "fr_inv",
-                 "avps", "branches", "sched", "best")
+                 "avps", "branches", "sched", "best", "fixups")
 
     def __init__(self, key: bytes, method: str, created: float, request: bytes,
                  src: tuple, dest: tuple) -> None:
@@ -153,6 +154,7 @@ class Txn:
         self.branches: list[Branch] = []
         self.sched = 0.0           # the timer-wheel time it is queued at
         self.best = 0              # code picked for failure_route ($T_reply_code)
+        self.fixups: list = []     # send-time edits of the request (Core.fix_request)
 
     @property
     def invite(self) -> bool:
@@ -165,7 +167,7 @@ class Txn:
             self.proto, self.host, self.port, self.sock, self.retr_at, self.retr_iv,
             self.end_at, self.wait_at, self.request, self.src, self.on_failure, self.on_reply,
             self.on_branch, self.mflags, self.fr, self.fr_inv, self.avps,
-            [b.to_tuple() for b in self.branches], self.sched, self.best))
+            [b.to_tuple() for b in self.branches], self.sched, self.best, self.fixups))
 
     @classmethod
     def decode(cls, data: bytes) -> Txn:
@@ -173,7 +175,7 @@ class Txn:
         (t.key, t.flags, t.method, t.created, t.state, t.code, t.reply, t.proto, t.host,
          t.port, t.sock, t.retr_at, t.retr_iv, t.end_at, t.wait_at, t.request, t.src,
          t.on_failure, t.on_reply, t.on_branch, t.mflags, t.fr, t.fr_inv, t.avps, branches,
-         t.sched, t.best) = marshal.loads(data)
+         t.sched, t.best, t.fixups) = marshal.loads(data)
         t.branches = [Branch.from_tuple(b) for b in branches]
         return t
 
@@ -191,7 +193,7 @@ class Txn:
 def branch_request(txn: Txn, b: Branch) -> bytes:
     """The bytes of branch ``b``'s request: the stored request with the
     branch's Request-URI and our Via in front."""
-    req = txn.request
+    req = b.req or txn.request
     end = req.index(b"\r\n")
     first = f"{txn.method} {b.uri} SIP/2.0\r\nVia: {b.via}".encode("utf-8", "surrogateescape")
     return first + req[end:]
