@@ -257,7 +257,7 @@ class Engine:
             raw = _merge_challenges(raw, [b.reply for b in txn.branches
                                           if b is not best and b.code in (401, 407)])
         if code == 503 and self.remap_503:
-            raw = b"SIP/2.0 500 Service Unavailable" + raw[raw.index(b"\r\n"):]
+            raw = b"SIP/2.0 500" + raw[len(b"SIP/2.0 503"):]     # the reason phrase stays
             code = 500
         self._server(txn, code, raw, now, out)
 
@@ -434,7 +434,7 @@ class Engine:
             tid = txn_id(key)
             txn = self._new(ctx, key, now)
             txn.request = self._base(ctx)
-            prepared = self._branch_routes(ctx, tid, txn.request, 0, targets)
+            prepared = self._branch_routes(ctx, tid, txn.request, 0, targets, txn.on_branch)
             if not prepared:
                 return -1
             out: Out = []
@@ -453,7 +453,7 @@ class Engine:
             return -1
         txn0 = Txn.decode(raw0)
         prepared = self._branch_routes(ctx, tid, base or txn0.request, len(txn0.branches),
-                                       targets)
+                                       targets, ctx.cache.get("t_on_branch") or txn0.on_branch)
         if not prepared:
             return -1
         out = []
@@ -473,6 +473,8 @@ class Engine:
                 txn.on_failure = ctx.cache["t_on_failure"]
             if ctx.cache.get("t_on_reply") is not None:
                 txn.on_reply = ctx.cache["t_on_reply"]
+            if ctx.cache.get("t_on_branch") is not None:
+                txn.on_branch = ctx.cache["t_on_branch"]
             ok = self._add_branches(ctx, tid, txn, prepared, now, out)
             self._reschedule(txn, tid, out)
             return txn.encode()
@@ -486,13 +488,14 @@ class Engine:
         return 1 if ok else -1
 
     def _branch_routes(self, ctx: Context, tid: bytes, base: bytes, first: int,
-                       targets: list[tuple]) -> list[tuple]:
-        """Run the branch_route (t_on_branch) once per new branch, on a copy
-        of the request for that branch only, before any bucket lock is taken.
-        Returns (uri, dst_uri, bflags, own request or b"", send fixups) per
-        branch kept; ``drop`` there discards that branch alone."""
+                       targets: list[tuple], route: str) -> list[tuple]:
+        """Run the branch_route (t_on_branch, kept with the transaction as in
+        Kamailio, so branches added in failure_route get it too) once per new
+        branch, on a copy of the request for that branch only, before any
+        bucket lock is taken. Returns (uri, dst_uri, bflags, own request or
+        b"", send fixups) per branch kept; ``drop`` there discards that branch
+        alone."""
         fixups = list(ctx.cache.get("send_fixups", ()))
-        route = ctx.cache.get("t_on_branch") or ""
         if not route or self.routes is None:
             return [(u, d, f, b"", fixups) for u, d, f in targets]
         kept = []
