@@ -52,6 +52,7 @@ request_route {{
         exit;
     }}
     record_route();
+    FOUR
     if ($rU == "tcp") $du = "sip:127.0.0.2:TCPUAS;transport=tcp";
     else $du = "sip:127.0.0.2:UDPUAS";
     t_relay();
@@ -61,7 +62,16 @@ request_route {{
 
 def _cfg(tcp_uas: int, udp_uas: int, double: str = "") -> str:
     return (CFG.replace("TCPUAS", str(tcp_uas)).replace("UDPUAS", str(udp_uas))
-            .replace("DOUBLE", double))
+            .replace("DOUBLE", double).replace("FOUR", ""))
+
+
+def _two_udp_cfg(udp_uas: int) -> str:
+    """UDP on 127.0.0.1 and on 127.0.0.4 (same port); user "four" is sent
+    out from 127.0.0.4 by set_send_socket()."""
+    return (CFG.replace("TCPUAS", "9").replace("UDPUAS", str(udp_uas)).replace("DOUBLE", "")
+            .replace("listen=tcp:127.0.0.1:{port}", "listen=udp:127.0.0.4:{port}")
+            .replace('loadmodule "sl.so"', 'loadmodule "sl.so"\nloadmodule "corex.so"')
+            .replace("FOUR", 'if ($rU == "four") set_send_socket("udp:127.0.0.4:{port}");'))
 
 
 def _hdr(msg: str, name: str) -> list[str]:
@@ -223,3 +233,30 @@ def test_is_direction_upstream_for_the_callee(ser_factory, udp_peers):
     assert _hdr(bye, "Route") == []
     uac.send(reply_to(bye, 200, "OK"), addr)
     uas1.expect("SIP/2.0 200")
+
+
+@pytest.mark.parametrize("to,user,leaves", [("127.0.0.4", "bob", "127.0.0.1"),
+                                            ("127.0.0.1", "four", "127.0.0.4")])
+def test_two_listen_addresses_double_record_route(ser_factory, udp_peers, to, user, leaves):
+    """In on one address, out on the other (the default socket, or the one
+    set_send_socket() forces): two Record-Routes, and the callee's BYE to
+    the one facing it gets through with both removed."""
+    uac, uas = udp_peers("127.0.0.1"), udp_peers("127.0.0.2")
+    ser = ser_factory(_two_udp_cfg(uas.port))
+    p = ser.port
+    uac.send(invite(uac, p, user=user, callid=f"two{user}").replace(
+        f"@127.0.0.1:{p} SIP", f"@{to}:{p} SIP"), (to, p))
+    fwd, addr = uas.expect("INVITE ")
+    assert addr == (leaves, p)
+    assert re.search(rf"^Via: SIP/2.0/UDP {leaves}:{p};branch=", fwd, re.M)
+    rr = [f"<sip:{leaves}:{p};r2=on;lr;ftag=ft1>", f"<sip:{to}:{p};r2=on;lr;ftag=ft1>"]
+    assert _hdr(fwd, "Record-Route") == rr
+    uas.send(reply_to(fwd, 200, "OK"), addr)
+    ok, _ = uac.expect("SIP/2.0 200")
+    assert _hdr(ok, "Record-Route") == rr
+    uas.send(_in_dialog("BYE", f"sip:alice@127.0.0.1:{uac.port}",
+                        f"SIP/2.0/UDP 127.0.0.2:{uas.port};branch=z9hG4bKtwo{user}",
+                        "<sip:bob@127.0.0.1>;tag=tt1", "<sip:alice@127.0.0.1>;tag=ft1", rr,
+                        f"two{user}", 2), (leaves, p))
+    bye, _ = uac.expect("BYE ")
+    assert _hdr(bye, "Route") == [] and _hdr(bye, "X-Dir") == ["up"]

@@ -282,6 +282,9 @@ class Engine:
         txn.on_branch = c.get("t_on_branch", "")
         txn.fr, txn.fr_inv = c.get("t_set_fr", (0, 0))
         txn.fixups = list(c.get("send_fixups", ()))
+        forced = ctx.options.get("force_send_socket")
+        if forced is not None:
+            txn.fsock = self._sock_index(forced)
         return txn
 
     def _reply_bytes(self, ctx: Context, tid: bytes, code: int, reason: str,
@@ -458,6 +461,7 @@ class Engine:
             return -1
         out = []
         ok = False
+        forced = ctx.options.get("force_send_socket")
 
         def fn(old: bytes | None) -> bytes | None:
             nonlocal ok
@@ -475,6 +479,8 @@ class Engine:
                 txn.on_reply = ctx.cache["t_on_reply"]
             if ctx.cache.get("t_on_branch") is not None:
                 txn.on_branch = ctx.cache["t_on_branch"]
+            if forced is not None:
+                txn.fsock = self._sock_index(forced)
             ok = self._add_branches(ctx, tid, txn, prepared, now, out)
             self._reschedule(txn, tid, out)
             return txn.encode()
@@ -493,11 +499,12 @@ class Engine:
         Kamailio, so branches added in failure_route get it too) once per new
         branch, on a copy of the request for that branch only, before any
         bucket lock is taken. Returns (uri, dst_uri, bflags, own request or
-        b"", send fixups) per branch kept; ``drop`` there discards that branch
-        alone."""
+        b"", send fixups, forced send socket) per branch kept; ``drop`` there
+        discards that branch alone."""
         fixups = list(ctx.cache.get("send_fixups", ()))
+        forced = ctx.options.get("force_send_socket")
         if not route or self.routes is None:
-            return [(u, d, f, b"", fixups) for u, d, f in targets]
+            return [(u, d, f, b"", fixups, forced) for u, d, f in targets]
         kept = []
         for uri, dst, bflags in targets:
             bctx = self._branch_ctx(ctx, tid, base, uri, dst, bflags, first + len(kept))
@@ -508,7 +515,8 @@ class Engine:
             msg = bctx.msg
             own = msg.serialize() if msg.changed else b""
             kept.append((bctx.ruri or uri, bctx.dst_uri or "", bctx.bflags, own,
-                         list(bctx.cache.get("send_fixups", ()))))
+                         list(bctx.cache.get("send_fixups", ())),
+                         bctx.options.get("force_send_socket")))
         if not kept:
             log.info("tm: branch_route[%s] dropped every branch of %s", route,
                      ctx.msg.method)
@@ -522,7 +530,7 @@ class Engine:
         bctx.flags = ctx.flags
         bctx.bflags = bflags
         bctx.avps = ctx.avps
-        bctx.options = ctx.options
+        bctx.options = dict(ctx.options)
         bctx.ruri = uri
         bctx.dst_uri = dst or None
         bctx.cache = {k: v for k, v in ctx.cache.items() if k != "branches"}
@@ -538,12 +546,14 @@ class Engine:
         fr = (txn.fr / 1000.0) if txn.fr else self.fr
         socks = core.sockets
         in_si = socks[txn.src[3]] if 0 <= txn.src[3] < len(socks) else None
-        for uri, dst, bflags, own, fixups in targets:
+        for uri, dst, bflags, own, fixups, forced in targets:
             target = core.resolve_target(dst or uri)
             if target is None:
                 log.error("tm: cannot resolve the destination of %s", dst or uri)
                 continue
             proto, ip, port, si = target
+            if forced is not None and forced.proto == proto and forced.family == si.family:
+                si = forced                 # set_send_socket() / $fs
             idx = len(txn.branches)
             rport = ";rport" if ctx.options.get("add_local_rport") else ""
             via = f"SIP/2.0/{proto.upper()} {si.hostport};branch={branch_param(tid, idx)}{rport}"
@@ -751,6 +761,8 @@ class Engine:
         ctx = Context(req, self.core.rt, ip, port, si.host if si else "", si.port if si else 0,
                       si.proto_id if si else 1)
         ctx.rcv = Dest(proto, ip, port, si)
+        if 0 <= txn.fsock < len(socks):
+            ctx.options["force_send_socket"] = socks[txn.fsock]
         ctx.flags = txn.mflags
         ctx.avps = {k: list(v) for k, v in txn.avps.items()}
         ctx.cache["tm_txn"] = tid

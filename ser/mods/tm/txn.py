@@ -126,7 +126,7 @@ class Txn:
     __slots__ = ("key", "flags", "method", "created", "state", "code", "reply", "proto", "host",
                  "port", "sock", "retr_at", "retr_iv", "end_at", "wait_at", "request",
                  "src", "on_failure", "on_reply", "on_branch", "mflags", "fr", "fr_inv",
-                 "avps", "branches", "sched", "best", "fixups")
+                 "avps", "branches", "sched", "best", "fixups", "fsock")
 
     def __init__(self, key: bytes, method: str, created: float, request: bytes,
                  src: tuple, dest: tuple) -> None:
@@ -155,6 +155,7 @@ class Txn:
         self.sched = 0.0           # the timer-wheel time it is queued at
         self.best = 0              # code picked for failure_route ($T_reply_code)
         self.fixups: list = []     # send-time edits of the request (Core.fix_request)
+        self.fsock = -1            # socket index forced by set_send_socket(), -1 none
 
     @property
     def invite(self) -> bool:
@@ -167,7 +168,7 @@ class Txn:
             self.proto, self.host, self.port, self.sock, self.retr_at, self.retr_iv,
             self.end_at, self.wait_at, self.request, self.src, self.on_failure, self.on_reply,
             self.on_branch, self.mflags, self.fr, self.fr_inv, self.avps,
-            [b.to_tuple() for b in self.branches], self.sched, self.best, self.fixups))
+            [b.to_tuple() for b in self.branches], self.sched, self.best, self.fixups, self.fsock))
 
     @classmethod
     def decode(cls, data: bytes) -> Txn:
@@ -175,7 +176,7 @@ class Txn:
         (t.key, t.flags, t.method, t.created, t.state, t.code, t.reply, t.proto, t.host,
          t.port, t.sock, t.retr_at, t.retr_iv, t.end_at, t.wait_at, t.request, t.src,
          t.on_failure, t.on_reply, t.on_branch, t.mflags, t.fr, t.fr_inv, t.avps, branches,
-         t.sched, t.best, t.fixups) = marshal.loads(data)
+         t.sched, t.best, t.fixups, t.fsock) = marshal.loads(data)
         t.branches = [Branch.from_tuple(b) for b in branches]
         return t
 
