@@ -71,7 +71,9 @@ def _two_udp_cfg(udp_uas: int) -> str:
     return (CFG.replace("TCPUAS", "9").replace("UDPUAS", str(udp_uas)).replace("DOUBLE", "")
             .replace("listen=tcp:127.0.0.1:{port}", "listen=udp:127.0.0.4:{port}")
             .replace('loadmodule "sl.so"', 'loadmodule "sl.so"\nloadmodule "corex.so"')
-            .replace("FOUR", 'if ($rU == "four") set_send_socket("udp:127.0.0.4:{port}");'))
+            .replace("FOUR", 'if ($rU == "four") set_send_socket("udp:127.0.0.4:{port}");\n'
+                     f'    if ($rU == "stateless") {{{{ $du = "sip:127.0.0.2:{udp_uas}"; '
+                     'forward(); exit; }}'))
 
 
 def _hdr(msg: str, name: str) -> list[str]:
@@ -236,11 +238,13 @@ def test_is_direction_upstream_for_the_callee(ser_factory, udp_peers):
 
 
 @pytest.mark.parametrize("to,user,leaves", [("127.0.0.4", "bob", "127.0.0.1"),
-                                            ("127.0.0.1", "four", "127.0.0.4")])
+                                            ("127.0.0.1", "four", "127.0.0.4"),
+                                            ("127.0.0.4", "stateless", "127.0.0.1")])
 def test_two_listen_addresses_double_record_route(ser_factory, udp_peers, to, user, leaves):
     """In on one address, out on the other (the default socket, or the one
-    set_send_socket() forces): two Record-Routes, and the callee's BYE to
-    the one facing it gets through with both removed."""
+    set_send_socket() forces; statefully or by forward()): two
+    Record-Routes, and the callee's BYE to the one facing it gets through
+    with both removed."""
     uac, uas = udp_peers("127.0.0.1"), udp_peers("127.0.0.2")
     ser = ser_factory(_two_udp_cfg(uas.port))
     p = ser.port
