@@ -137,6 +137,24 @@ class Engine:
             self.wheel.update(slot, lambda old: (old or b"") + tid)
         except ShmFull:
             self.stats.inc("tm:full_errors")
+            _full_log(logging.ERROR, "tm: shared memory full, timer of %s lost (the "
+                      "transaction ends at its lifetime)", tid.hex())
+
+    def _update(self, tid: bytes, fn: Callable[[bytes | None], bytes | None],
+                out: Out | None = None) -> bool:
+        """``table.update`` of a transaction; when shared memory is full the
+        record stays as it was, the error is counted and logged, and the
+        actions collected for the change are dropped (False)."""
+        try:
+            self.table.update(tid, fn)
+            return True
+        except ShmFull:
+            self.stats.inc("tm:full_errors")
+            _full_log(logging.ERROR, "tm: shared memory full, transaction %s not updated",
+                      tid.hex())
+            if out is not None:
+                out.clear()
+            return False
 
     def _reschedule(self, txn: Txn, tid: bytes, out: Out) -> None:
         nd = txn.next_due()
@@ -345,7 +363,7 @@ class Engine:
             if A.RESEND_REPLY in acts and txn.reply:
                 out.append(("up", txn.proto, txn.host, txn.port, txn.sock, txn.reply))
             return old
-        self.table.update(tid, fn)
+        self._update(tid, fn, out)
         self._run(tid, out)
 
     def lookup(self, ctx: Context) -> tuple[bytes, Txn] | None:
@@ -388,7 +406,7 @@ class Engine:
                 elif a is A.START_WAIT:
                     txn.wait_at = time.time() + self.wt
             return txn.encode()
-        self.table.update(tid, fn)
+        self._update(tid, fn, out)
         self._run(tid, out)
         return absorbed
 
@@ -484,10 +502,7 @@ class Engine:
             ok = self._add_branches(ctx, tid, txn, prepared, now, out)
             self._reschedule(txn, tid, out)
             return txn.encode()
-        try:
-            self.table.update(tid, fn)
-        except ShmFull:
-            self.stats.inc("tm:full_errors")
+        if not self._update(tid, fn, out):
             return -1
         ctx.cache["ruri_used"] = True
         self._run(tid, out)
@@ -597,9 +612,12 @@ class Engine:
             txn.flags |= F_CANCELED
             self._cancel_branches(txn, -1, out)
             return txn.encode()
-        self.table.update(tid, fn)
+        stored = self._update(tid, fn, out)
         if not found:
             return None
+        if not stored:
+            self.core.reply(ctx, 500, "Server Internal Error (out of memory)")
+            return -1
         self.core.reply(ctx, 200, "canceling")
         self._run(tid, out)
         return 0
@@ -692,9 +710,8 @@ class Engine:
             new = txn.encode()
             self._send_up_now(out)
             return new
-        self.table.update(tid, fn)
-        if not matched:
-            return False
+        if not self._update(tid, fn, out) or not matched:
+            return matched
         self._run(tid, out)
         return True
 
@@ -792,7 +809,7 @@ class Engine:
                 self._final_best(tid, txn, best, now, out)
             self._reschedule(txn, tid, out)
             return txn.encode()
-        self.table.update(tid, fn)
+        self._update(tid, fn, out)
         self._run(tid, out)
 
     # -------------------------------------------------------- local replies
@@ -829,7 +846,8 @@ class Engine:
                         b.state = S.TERMINATED
             self._reschedule(txn, tid, out)
             return txn.encode()
-        self.table.update(tid, fn)
+        if not self._update(tid, fn, out):
+            return False
         self._run(tid, out)
         return sent
 
@@ -874,7 +892,7 @@ class Engine:
                 return None
             self._reschedule(txn, tid, out)
             return txn.encode()
-        self.table.update(tid, fn)
+        self._update(tid, fn, out)
         self._run(tid, out)
 
     def _timers(self, tid: bytes, txn: Txn, now: float, out: Out) -> bool:
@@ -940,8 +958,7 @@ class Engine:
             fn(txn)
             done = True
             return txn.encode()
-        self.table.update(tid, upd)
-        return done
+        return self._update(tid, upd) and done
 
 
 def _merge_challenges(raw: bytes, others: list[bytes]) -> bytes:
@@ -970,5 +987,5 @@ def cancel_branches_of(engine: Engine, tid: bytes) -> None:
         txn = Txn.decode(old)
         engine._cancel_branches(txn, -1, out)
         return txn.encode()
-    engine.table.update(tid, fn)
+    engine._update(tid, fn, out)
     engine._run(tid, out)
