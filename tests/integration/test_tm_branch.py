@@ -89,15 +89,17 @@ def net(ser_factory):
         p.close()
 
 
-def _collect(peer: Peer, seconds: float) -> list[str]:
-    """Everything ``peer`` receives in the next ``seconds``."""
+def _collect(peer: Peer, seconds: float) -> list[tuple[float, str]]:
+    """Everything ``peer`` receives in the next ``seconds``, with the
+    monotonic time each message came."""
     out = []
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         try:
-            out.append(peer.recv(left)[0])
+            text = peer.recv(left)[0]
         except TimeoutError:
             break
+        out.append((time.monotonic(), text))
     return out
 
 
@@ -153,25 +155,53 @@ def test_branch_route_runs_for_a_branch_added_in_failure_route(net):
 
 
 # ---------------------------------------------------------------------- CANCEL
+def _ringing(ser, uac: Peer, uas: Peer, callid: str, user: str = "bob") -> tuple:
+    """An INVITE from ``uac`` relayed to ``uas``, which rings: (the INVITE
+    sent, the one relayed, where it came from)."""
+    inv = invite(uac, ser.port, user=user, callid=callid)
+    uac.send(inv, ("127.0.0.1", ser.port))
+    fwd, addr = uas.expect("INVITE ")
+    uas.send(reply_to(fwd, 180, "Ringing"), addr)
+    uac.expect("SIP/2.0 180")
+    return inv, fwd, addr
+
+
 def test_retransmitted_cancel_is_answered_again_and_not_relayed_again(net):
     ser, uac, uas1, _ = net()
-    inv = invite(uac, ser.port, callid="rc1")
-    uac.send(inv, ("127.0.0.1", ser.port))
-    fwd, addr = uas1.expect("INVITE ")
-    uas1.send(reply_to(fwd, 180, "Ringing"), addr)
-    uac.expect("SIP/2.0 180")
+    inv, fwd, addr = _ringing(ser, uac, uas1, "rc1")
     cancel = cancel_of(inv)
     uac.send(cancel, ("127.0.0.1", ser.port))
     first, _ = uac.expect("SIP/2.0 200")
+    relayed, _ = uas1.expect("CANCEL ")
+    uas1.send(reply_to(relayed, 200, "OK"), addr)
+    time.sleep(0.1)
     uac.send(cancel, ("127.0.0.1", ser.port))
     second, _ = uac.expect("SIP/2.0 200")
     assert "CSeq: 1 CANCEL" in first
     assert second == first                       # the same 200, To tag and all
     got = uas1.drain(0.5)
-    assert len([m for m in got if m.startswith("CANCEL ")]) == 1, got
+    assert not [m for m in got if m.startswith("CANCEL ")], got
     uas1.send(reply_to(fwd, 487, "Request Terminated"), addr)
     terminated, _ = uac.expect("SIP/2.0 487")
     uac.send(ack_of(inv, terminated), ("127.0.0.1", ser.port))
+
+
+def test_our_cancel_is_retransmitted_until_answered(net):
+    ser, uac, uas1, _ = net()
+    inv, fwd, addr = _ringing(ser, uac, uas1, "cr1")
+    uac.send(cancel_of(inv), ("127.0.0.1", ser.port))
+    t0 = time.monotonic()
+    first, _ = uas1.expect("CANCEL ")
+    # unanswered over UDP: again after T1 (200 ms), then 400 ms later
+    got = [(t - t0, m) for t, m in _collect(uas1, 0.8)]
+    again = [t for t, m in got if m.startswith("CANCEL ")]
+    assert len(again) == 2, got
+    assert 0.15 <= again[0] <= 0.45 and 0.35 <= again[1] - again[0] <= 0.7, again   # doubling
+    assert all(m == first for _, m in got)
+    uas1.send(reply_to(first, 200, "OK"), addr)
+    assert not [m for _, m in _collect(uas1, 0.9) if m.startswith("CANCEL ")]   # answered
+    uas1.send(reply_to(fwd, 487, "Request Terminated"), addr)
+    uac.expect("SIP/2.0 487")
 
 
 def test_cancel_waits_for_the_provisional_reply(net):
@@ -184,7 +214,7 @@ def test_cancel_waits_for_the_provisional_reply(net):
     assert "CSeq: 1 CANCEL" in ok
     # RFC 3261 9.1: no CANCEL before a provisional reply; the INVITE is
     # still retransmitted meanwhile (fr_timer is 1 s)
-    early = _collect(uas1, 0.4)
+    early = [m for _, m in _collect(uas1, 0.4)]
     assert not [m for m in early if m.startswith("CANCEL ")], early
     assert [m for m in early if m.startswith("INVITE ")]
     uas1.send(reply_to(fwd, 180, "Ringing"), addr)
@@ -294,11 +324,7 @@ def test_full_transaction_table_answers_500_and_recovers(net):
 
 def test_tm_list_over_serctl(net):
     ser, uac, uas1, _ = net()
-    inv = invite(uac, ser.port, user="listed", callid="list1")
-    uac.send(inv, ("127.0.0.1", ser.port))
-    fwd, addr = uas1.expect("INVITE ")
-    uas1.send(reply_to(fwd, 180, "Ringing"), addr)
-    uac.expect("SIP/2.0 180")
+    inv, _, _ = _ringing(ser, uac, uas1, "list1", user="listed")
     out = subprocess.run([SERCTL, "-s", ser.sock_path, "rpc", "tm.list"],
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr

@@ -611,6 +611,7 @@ class Engine:
             found = True
             txn.flags |= F_CANCELED
             self._cancel_branches(txn, -1, out)
+            self._reschedule(txn, tid, out)
             return txn.encode()
         stored = self._update(tid, fn, out)
         if not found:
@@ -623,6 +624,7 @@ class Engine:
         return 0
 
     def _cancel_branches(self, txn: Txn, keep: int, out: Out) -> None:
+        now = time.time()
         for i, b in enumerate(txn.branches):
             if i == keep or b.state >= S.COMPLETED or b.cancel >= 2:
                 continue
@@ -630,10 +632,20 @@ class Engine:
             b.state = st
             for a in acts:
                 if a is A.SEND_CANCEL:
-                    b.cancel = 2
-                    out.append(("cancel", Txn.decode(txn.encode()), i))
+                    self._cancel_branch(txn, i, now, out)
                 elif a is A.MARK_CANCEL:
                     b.cancel = 1
+
+    def _cancel_branch(self, txn: Txn, idx: int, now: float, out: Out) -> None:
+        """Send a CANCEL on branch ``idx``; over UDP it is a client transaction
+        of its own (RFC 3261 9.1, 17.1.2): re-sent from T1 doubling to T2 until
+        it is answered or the branch ends."""
+        b = txn.branches[idx]
+        b.cancel = 2
+        if b.proto == "udp":
+            b.cancel_iv = self.t1
+            b.cancel_at = now + self.t1
+        out.append(("cancel", Txn.decode(txn.encode()), idx))
 
     def _hop_request(self, txn: Txn, b: Branch, method: str, to: str | None) -> bytes:
         """CANCEL or ACK for branch ``b`` (RFC 3261 9.1, 17.1.1.3)."""
@@ -674,7 +686,7 @@ class Engine:
             return False
         self.stats.inc("tm:rpl_received")
         if cseq.method == "CANCEL":
-            return self.table.get(tid) is not None      # the reply to our CANCEL: absorbed
+            return self._cancel_answered(tid, idx)
         code = msg.status
         if self.has_onreply:
             raw = self.table.get(tid)
@@ -715,6 +727,24 @@ class Engine:
         self._run(tid, out)
         return True
 
+    def _cancel_answered(self, tid: bytes, idx: int) -> bool:
+        """A reply to our CANCEL: absorbed; its retransmissions stop."""
+        known = False
+
+        def fn(old: bytes | None) -> bytes | None:
+            nonlocal known
+            if old is None:
+                return None
+            known = True
+            txn = Txn.decode(old)
+            if idx >= len(txn.branches) or txn.branches[idx].cancel != 2:
+                return old
+            txn.branches[idx].cancel = 3
+            txn.branches[idx].cancel_at = 0.0
+            return txn.encode()
+        self._update(tid, fn)
+        return known
+
     def _branch_reply(self, tid: bytes, txn: Txn, idx: int, code: int, relayed: bytes,
                       to: str | None, now: float, out: Out) -> None:
         b = txn.branches[idx]
@@ -741,8 +771,7 @@ class Engine:
         b = txn.branches[idx]
         if code < 200:
             if b.cancel == 1:
-                b.cancel = 2
-                out.append(("cancel", Txn.decode(txn.encode()), idx))
+                self._cancel_branch(txn, idx, now, out)
             if self.restart_fr and txn.invite and b.state == S.PROCEEDING:
                 b.fr_at = now + ((txn.fr_inv / 1000.0) if txn.fr_inv else self.fr_inv)
             if code > 100 and txn.code < 200:
@@ -925,6 +954,12 @@ class Engine:
                     b.retr_at = now + b.retr_iv
                 else:
                     b.retr_at = 0.0
+            if b.cancel_at and b.cancel_at <= now:
+                b.cancel_at = 0.0
+                if b.cancel == 2 and b.state < S.COMPLETED:
+                    out.append(("cancel", Txn.decode(txn.encode()), i))
+                    b.cancel_iv = min(b.cancel_iv * 2, self.t2)
+                    b.cancel_at = now + b.cancel_iv
             if b.fr_at and b.fr_at <= now:
                 b.fr_at = 0.0
                 st, acts = m.step(table, b.state, E.TIMER_FR)
@@ -933,8 +968,7 @@ class Engine:
                     if a is A.STOP_RETR:
                         b.retr_at = 0.0
                     elif a is A.SEND_CANCEL and b.cancel < 2:
-                        b.cancel = 2
-                        out.append(("cancel", Txn.decode(txn.encode()), i))
+                        self._cancel_branch(txn, i, now, out)
                     elif a is A.TIMEOUT:
                         b.retr_at = 0.0
                         b.code = 487 if txn.flags & F_CANCELED else 408
@@ -986,6 +1020,7 @@ def cancel_branches_of(engine: Engine, tid: bytes) -> None:
             return None
         txn = Txn.decode(old)
         engine._cancel_branches(txn, -1, out)
+        engine._reschedule(txn, tid, out)
         return txn.encode()
     engine._update(tid, fn, out)
     engine._run(tid, out)

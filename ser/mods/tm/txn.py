@@ -77,7 +77,8 @@ class Branch:
     """One client transaction (a forwarding target)."""
 
     __slots__ = ("state", "uri", "proto", "host", "port", "sock", "via", "retr_at", "retr_iv",
-                 "fr_at", "code", "reply", "cancel", "bflags", "dst_uri", "req")
+                 "fr_at", "code", "reply", "cancel", "bflags", "dst_uri", "req", "cancel_at",
+                 "cancel_iv")
 
     def __init__(self, uri: str, proto: str, host: str, port: int, sock: int, via: str,
                  dst_uri: str = "", bflags: int = 0, req: bytes = b"") -> None:
@@ -93,7 +94,9 @@ class Branch:
         self.fr_at = 0.0           # final-response deadline (B/F), 0 = none
         self.code = 0              # last reply code (408 for a local timeout)
         self.reply = b""           # the final reply, ready to relay upstream
-        self.cancel = 0            # 0 no, 1 to send after a provisional, 2 sent
+        self.cancel = 0            # 0 no, 1 to send after a provisional, 2 sent, 3 answered
+        self.cancel_at = 0.0       # next retransmission of our CANCEL (UDP), 0 = none
+        self.cancel_iv = 0.0
         self.bflags = bflags
         self.dst_uri = dst_uri
         self.req = req             # own request (branch_route, double RR); b"": txn's
@@ -101,13 +104,14 @@ class Branch:
     def to_tuple(self) -> tuple:
         return (int(self.state), self.uri, self.proto, self.host, self.port, self.sock, self.via,
                 self.retr_at, self.retr_iv, self.fr_at, self.code, self.reply, self.cancel,
-                self.bflags, self.dst_uri, self.req)
+                self.bflags, self.dst_uri, self.req, self.cancel_at, self.cancel_iv)
 
     @classmethod
     def from_tuple(cls, t: tuple) -> Branch:
         b = cls.__new__(cls)
         (b.state, b.uri, b.proto, b.host, b.port, b.sock, b.via, b.retr_at, b.retr_iv,
-         b.fr_at, b.code, b.reply, b.cancel, b.bflags, b.dst_uri, b.req) = t
+         b.fr_at, b.code, b.reply, b.cancel, b.bflags, b.dst_uri, b.req, b.cancel_at,
+         b.cancel_iv) = t
         return b
 
 
@@ -188,6 +192,8 @@ class Txn:
                 due.append(b.retr_at)
             if b.fr_at:
                 due.append(b.fr_at)
+            if b.cancel_at:
+                due.append(b.cancel_at)
         return min(due) if due else 0.0
 
 
