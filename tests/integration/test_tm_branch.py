@@ -334,6 +334,8 @@ def test_tm_list_over_serctl(net):
     assert t["method"] == "INVITE"
     assert t["ruri"] == f"sip:listed@127.0.0.1:{ser.port}"
     assert t["code"] == 180 and t["canceled"] is False
+    assert (t["callid"], t["cseq"]) == ("list1", "1 INVITE")
+    assert t["from"] == "<sip:alice@127.0.0.1>;tag=ft1" and t["to"] == "<sip:listed@127.0.0.1>"
     assert t["src"] == f"udp:127.0.0.1:{uac.port}"
     assert re.fullmatch(r"[0-9a-f]{16}", t["tindex"])
     assert t["branches"] == [{"uri": f"sip:listed@127.0.0.1:{ser.port}",

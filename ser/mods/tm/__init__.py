@@ -385,13 +385,20 @@ def rpc_stats(ctx: Any) -> dict[str, int]:
 
 
 def rpc_list(ctx: Any) -> list[dict[str, Any]]:
+    from ser.core.parser import ProtocolError, parse_message
     out = []
     for rec in ctx.shm.table("tm").snapshot():
         t = Txn.decode(rec.value)
         first = t.request.split(b"\r\n", 1)[0].decode("utf-8", "replace")
+        try:
+            req = parse_message(t.request)
+            hdrs = {"from": req.header("from") or "", "to": req.header("to") or "",
+                    "callid": req.call_id or "", "cseq": req.header("cseq") or ""}
+        except ProtocolError:
+            hdrs = {"from": "", "to": "", "callid": "", "cseq": ""}
         out.append({
             "tindex": rec.key.hex(), "method": t.method, "ruri": first.split(" ")[1]
-            if " " in first else "", "state": int(t.state), "code": t.code,
+            if " " in first else "", **hdrs, "state": int(t.state), "code": t.code,
             "branches": [{"uri": b.uri, "dst": f"{b.proto}:{b.host}:{b.port}",
                           "state": int(b.state), "code": b.code} for b in t.branches],
             "created": t.created, "canceled": bool(t.flags & F_CANCELED),
