@@ -208,6 +208,10 @@ def test_routes_naming_us_and_a_strict_router_before_us(ser_factory, udp_peers):
         (f"sip:127.0.0.1:{p};ftag=ft1", [f"<{callee}>"], uas1, callee, []),
         (f"sip:127.0.0.1:{p};ftag=ft1", [f"<sip:127.0.0.3:{uas2.port};lr>", f"<{callee}>"],
          uas2, callee, [f"<sip:127.0.0.3:{uas2.port};lr>"]),
+        # the next hop is a strict router: it gets the request as its R-URI,
+        # the R-URI goes to the end of the Route set (RFC 3261 16.6 step 6)
+        (callee, [me, f"<sip:127.0.0.3:{uas2.port}>"], uas2, f"sip:127.0.0.3:{uas2.port}",
+         [f"<{callee}>"]),
     ]
     for i, (ruri, routes, dest, want_ruri, want_routes) in enumerate(cases):
         uac.send(_in_dialog("INFO", ruri, f"{via}sr{i}", caller_from, callee_to, routes,
