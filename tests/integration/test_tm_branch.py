@@ -51,6 +51,7 @@ request_route {{
         t_on_branch("PER");
         t_on_failure("NEXT");
     }}
+    if ($rU == "drop") t_on_branch("PER");
     if ($rU == "fork") {{
         append_branch("sip:fork@127.0.0.3:UAS2");
     }}
@@ -137,6 +138,15 @@ def test_branch_route_edits_and_drops_one_branch_each(net):
     uas2.expect("ACK ")
     assert [b["uri"] for b in ser.rpc("tm.list")[0]["branches"]] == \
         [f"sip:branch@127.0.0.1:{ser.port}", f"sip:two@127.0.0.3:{uas2.port}"]
+
+
+def test_branch_route_dropping_every_branch_fails_t_relay(net):
+    ser, uac, uas1, _ = net()
+    uac.send(invite(uac, ser.port, user="drop", callid="br3"), ("127.0.0.1", ser.port))
+    final, _ = uac.expect("SIP/2.0 500")
+    assert final.startswith("SIP/2.0 500 No branch left\r\n")
+    assert not [m for m in uas1.drain(0.3) if m.startswith("INVITE ")]
+    assert "branch_route[PER] dropped every branch of INVITE" in ser.logtext()
 
 
 def test_branch_route_runs_for_a_branch_added_in_failure_route(net):
