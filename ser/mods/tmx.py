@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ser.core.log import log
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, RouteType
 from ser.core.pv import PVDecl
 
@@ -38,7 +39,13 @@ def t_cancel_branches(ctx: Any, which: str = "all") -> int:
     tid = ctx.cache.get("tm_txn")
     if eng is None or tid is None:
         return -1
-    cancel_branches_of(eng, tid)
+    if which not in ("all", "others", "this"):
+        log.error("t_cancel_branches: which is all, others or this, not %r", which)
+        return -1
+    idx = ctx.cache.get("tm_branch")
+    if which != "all" and idx is None:
+        return -1
+    cancel_branches_of(eng, tid, which, -1 if idx is None else int(idx))
     return 1
 
 
@@ -115,7 +122,8 @@ exports = Module(
         Function("t_is_reply_route", _route_is(R.ONREPLY), (), R.ANY,
                  doc="Running in an onreply_route?"),
         Function("t_cancel_branches", t_cancel_branches, (Arg("which", optional=True),),
-                 R.FAILURE | R.ONREPLY, _which_fixup, "CANCEL the pending branches."),
+                 R.FAILURE | R.ONREPLY, _which_fixup, "CANCEL the pending branches: all, "
+                 "others (all but the branch of the reply) or this (only that one)."),
         Function("t_flush_flags", t_flush_flags, (), R.REQUEST | R.FAILURE,
                  doc="Store the message flags in the transaction."),
         Function("t_reply_callid", t_reply_callid,

@@ -52,6 +52,10 @@ request_route {{
         t_on_failure("NEXT");
     }}
     if ($rU == "drop") t_on_branch("PER");
+    if ($rU == "others" || $rU == "this") {{
+        append_branch("sip:fork@127.0.0.3:UAS2");
+        if ($rU == "others") t_on_reply("OTHERS"); else t_on_reply("THIS");
+    }}
     if ($rU == "fork") {{
         append_branch("sip:fork@127.0.0.3:UAS2");
     }}
@@ -61,6 +65,12 @@ branch_route[PER] {{
     if ($rU == "drop") drop;
     append_hf("X-Branch: $T_branch_idx $ru\\r\\n");
     if (t_is_branch_route()) append_hf("X-In-Branch-Route: yes\\r\\n");
+}}
+onreply_route[OTHERS] {{
+    if (t_check_status("183")) t_cancel_branches("others");
+}}
+onreply_route[THIS] {{
+    if (t_check_status("183")) t_cancel_branches("this");
 }}
 failure_route[NEXT] {{
     if (t_is_canceled()) exit;
@@ -356,3 +366,21 @@ def test_tm_list_over_serctl(net):
     out = subprocess.run([SERCTL, "-s", ser.sock_path, "rpc", "tm.list"],
                          capture_output=True, text=True, timeout=10)
     assert json.loads(out.stdout)[0]["canceled"] is True
+
+
+@pytest.mark.parametrize("which", ["others", "this"])
+def test_t_cancel_branches_from_onreply_route(net, which):
+    """tmx t_cancel_branches() on the 183 of the first branch."""
+    ser, uac, uas1, uas2 = net()
+    inv = invite(uac, ser.port, user=which, callid=f"cut{which}")
+    uac.send(inv, ("127.0.0.1", ser.port))
+    fwd1, addr1 = uas1.expect("INVITE ")
+    fwd2, addr2 = uas2.expect("INVITE ")
+    uas2.send(reply_to(fwd2, 180, "Ringing", tag="tt2"), addr2)
+    uac.expect("SIP/2.0 180")
+    uas1.send(reply_to(fwd1, 183, "Session Progress"), addr1)
+    uac.expect("SIP/2.0 183")
+    cut, keep = (uas2, uas1) if which == "others" else (uas1, uas2)
+    cancel, addr = cut.expect("CANCEL ")
+    cut.send(reply_to(cancel, 200, "OK"), addr)
+    assert not [m for m in keep.drain(0.4) if m.startswith("CANCEL ")]

@@ -623,10 +623,12 @@ class Engine:
         self._run(tid, out)
         return 0
 
-    def _cancel_branches(self, txn: Txn, keep: int, out: Out) -> None:
+    def _cancel_branches(self, txn: Txn, keep: int, out: Out, only: int = -1) -> None:
+        """CANCEL the pending branches but ``keep`` (or only branch ``only``)."""
         now = time.time()
         for i, b in enumerate(txn.branches):
-            if i == keep or b.state >= S.COMPLETED or b.cancel >= 2:
+            if i == keep or (only >= 0 and i != only) or b.state >= S.COMPLETED \
+                    or b.cancel >= 2:
                 continue
             st, acts = m.step(m.client_table(txn.invite), b.state, E.CANCEL)
             b.state = st
@@ -1010,8 +1012,13 @@ def _merge_challenges(raw: bytes, others: list[bytes]) -> bytes:
     return raw[:end] + b"\r\n" + b"\r\n".join(extra) + raw[end:]
 
 
-def cancel_branches_of(engine: Engine, tid: bytes) -> None:
-    """tmx t_cancel_branches("all") from failure/onreply route."""
+def cancel_branches_of(engine: Engine, tid: bytes, which: str = "all", idx: int = -1) -> None:
+    """tmx t_cancel_branches(): "all" pending branches, all but branch
+    ``idx`` ("others") or only it ("this")."""
+    keep = idx if which == "others" else -1
+    only = idx if which == "this" else -1
+    if which != "all" and idx < 0:
+        return
     out: Out = []
 
     def fn(old: bytes | None) -> bytes | None:
@@ -1019,7 +1026,7 @@ def cancel_branches_of(engine: Engine, tid: bytes) -> None:
         if old is None:
             return None
         txn = Txn.decode(old)
-        engine._cancel_branches(txn, -1, out)
+        engine._cancel_branches(txn, keep, out, only)
         engine._reschedule(txn, tid, out)
         return txn.encode()
     engine._update(tid, fn, out)
