@@ -291,6 +291,23 @@ def test_challenges_of_two_branches_are_merged(net):
     uac.send(ack_of(inv, final), ("127.0.0.1", ser.port))
 
 
+def test_6xx_cancels_the_other_branches_and_wins(net):
+    ser, uac, uas1, uas2 = net()
+    inv = invite(uac, ser.port, user="fork", callid="g603")
+    uac.send(inv, ("127.0.0.1", ser.port))
+    fwd1, addr1 = uas1.expect("INVITE ")
+    fwd2, addr2 = uas2.expect("INVITE ")
+    uas2.send(reply_to(fwd2, 180, "Ringing", tag="tt2"), addr2)
+    uac.expect("SIP/2.0 180")
+    uas1.send(reply_to(fwd1, 603, "Decline"), addr1)
+    uas1.expect("ACK ")
+    cancel, _ = uas2.expect("CANCEL ")
+    uas2.send(reply_to(cancel, 200, "OK", tag="tt2"), addr2)
+    uas2.send(reply_to(fwd2, 487, "Request Terminated", tag="tt2"), addr2)
+    final, _ = uac.expect("SIP/2.0 6")
+    assert final.startswith("SIP/2.0 603 Decline\r\n") and "tag=tt1" in final
+
+
 @pytest.mark.parametrize("remap,want", [("", "500"),
                                         ('modparam("tm", "remap_503_500", 0)', "503")])
 def test_503_from_downstream_goes_up_as_500_unless_disabled(net, remap, want):

@@ -785,6 +785,9 @@ class Engine:
                 self._cancel_branches(txn, idx, out)
             return
         b.reply = relayed
+        if code >= 600 and txn.invite:
+            # a global failure: the other branches are over too (RFC 3261 16.7 step 5)
+            self._cancel_branches(txn, idx, out)
         if txn.flags & F_DROP_REPLIES and txn.flags & F_IN_FAILURE:
             return
         self._maybe_final(tid, txn, now, out)
