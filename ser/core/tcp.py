@@ -347,6 +347,7 @@ class TcpWorker(Role):
         self.accept_aliases = bool(values.get("tcp_accept_aliases", False))
         self.core = Core(env.cfg, env.rt, env.sockets, env.stats)
         self.core.tcp_send = self.send
+        self.core.tcp_alias = self.add_alias
         self.handoff: Handoff = env.options["handoff"]
         self.table = ConnTable(env.shm.table(TABLE))
         tls = env.cfg.modules.get("tls")
@@ -451,7 +452,7 @@ class TcpWorker(Role):
     def add_alias(self, c: Conn, port: int) -> None:
         """Another port of the peer reached over this connection (Via alias)."""
         key = _addr_key(c.proto, c.addr[0], port)
-        if key not in c.keys:
+        if c.alive and key not in c.keys:
             c.keys.append(key)
             c.dests.append((c.proto, c.addr[0], port))
             self.by_dest[c.dests[-1]] = c

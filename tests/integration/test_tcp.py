@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import SERCTL, free_port, need
 from .test_tls import Peer, register, reply_to, request
 
@@ -345,3 +347,64 @@ def test_connect_to_a_dead_destination_fails_cleanly(ser_factory):
         assert p.expect("SIP/2.0 200")
     finally:
         p.close()
+
+
+def _alias_cfg(mode: str) -> str:
+    text = cfg()
+    if mode == "force":
+        text = text.replace('    if (is_method("REGISTER")) {{\n',
+                            '    if (is_method("REGISTER")) {{\n'
+                            '        if (!force_tcp_alias()) {{\n'
+                            '            sl_send_reply("500", "No Alias");\n'
+                            '            exit;\n'
+                            '        }}\n')
+    elif mode == "via":
+        text = text.replace("tcp_connection_lifetime=600",
+                            "tcp_connection_lifetime=600\ntcp_accept_aliases=yes")
+    return text
+
+
+@pytest.mark.parametrize("mode", ["force", "via", "none"])
+def test_tcp_alias_makes_a_request_to_the_via_port_reuse_the_connection(ser_factory, mode):
+    # the UA's Via and Contact name a port it does not listen on over a new
+    # connection (the test listens there to see a connect); with the alias
+    # (force_tcp_alias(), or ;alias with tcp_accept_aliases) the INVITE to
+    # its contact comes over the UA's own connection instead
+    ser = ser_factory(_alias_cfg(mode))
+    aport = free_port()
+    trap = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    trap.bind(("127.0.0.1", aport))
+    trap.listen(4)
+    trap.settimeout(3)
+    ua = Peer.tcp(ser.port)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.settimeout(5)
+    try:
+        via_alias = ";alias" if mode == "via" else ""
+        contact = f"Contact: <sip:carol@127.0.0.1:{aport};transport=tcp>\r\nExpires: 300\r\n"
+        reg = request("REGISTER", "sip:example.com", "TCP", ("127.0.0.1", aport),
+                      "z9hG4bKreg" + mode, contact, user="carol")
+        ua.send(reg.replace(b";rport\r\n", b";rport" + via_alias.encode() + b"\r\n", 1))
+        assert ua.expect("SIP/2.0 ").startswith("SIP/2.0 200"), ser.logtext()[-2000:]
+        caller.sendto(request("INVITE", "sip:carol@example.com", "UDP", caller.getsockname(),
+                              "z9hG4bKinv" + mode), ("127.0.0.1", ser.port))
+        if mode == "none":
+            conn, _ = trap.accept()         # no alias: ser connects to the Via port
+            conn.close()
+            return
+        inv = ua.expect("INVITE ", timeout=5)
+        assert f"sip:carol@127.0.0.1:{aport}" in inv
+        ua.send(reply_to(inv, 486, "Busy Here"))
+        codes = []
+        while not codes or codes[-1] < 200:
+            codes.append(int(caller.recv(65536).split(b" ", 2)[1]))
+        assert codes[-1] == 486
+        assert ua.expect("ACK ").startswith("ACK ")
+        trap.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            trap.accept()
+    finally:
+        ua.close()
+        caller.close()
+        trap.close()
