@@ -161,7 +161,10 @@ exports = Module(
               _bool_check),
         Param("server_name", str, "", "SNI name sent by ser as a client."),
         Param("config", str, "", "Profile file: [server:default], [client:default], "
-              "[server:IP:PORT], [client:IP:PORT] sections."),
+              "[server:IP:PORT], [client:IP:PORT] sections. A server section with "
+              "server_name is chosen by the client's SNI name (server_name_mode 0: exact, "
+              "1: the domain and its subdomains, 2: subdomains only); several may share "
+              "an address."),
         Param("connection_timeout", int, 600, "Accepted for Kamailio configs; ser uses "
               "tcp_connection_lifetime.", ignored=True),
         Param("tls_log", int, 3, "Accepted for Kamailio configs.", ignored=True),
