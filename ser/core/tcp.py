@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import resource
 import selectors
 import socket
@@ -61,6 +62,7 @@ _HDR = struct.Struct("<IHBB")          # conn id, port, proto id, host length
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 CONNECTING, HANDSHAKE, OPEN = 0, 1, 2
 _STATE_NAMES = {CONNECTING: "connecting", HANDSHAKE: "handshake", OPEN: "established"}
+_ALIAS_PARAM = re.compile(rb";\s*alias\s*(?:[;,=]|$)", re.I)
 _COUNT_KEY = b"n|conns"
 _COUNT = struct.Struct("<iII")         # rank, stream connections, of which tls
 
@@ -644,7 +646,7 @@ class TcpWorker(Role):
         if i < 0:
             return
         line = head[i + 1:head.find(b"\r\n", i + 1)].split(b",")[0]
-        if b";alias" not in line.lower():
+        if _ALIAS_PARAM.search(line) is None:
             return
         try:
             sent_by = line.split(b":", 1)[1].split()[1].split(b";")[0]
