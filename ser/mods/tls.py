@@ -114,10 +114,11 @@ def rpc_list(ctx: Any) -> list[dict[str, Any]]:
 
 
 def rpc_info(ctx: Any) -> dict[str, Any]:
-    conns = [f for f in _table(ctx).connections() if f.get("proto") == "tls"]
+    table = _table(ctx)
+    conns = [f for f in table.connections() if f.get("proto") == "tls"]
     values = ctx.cfg.settings.values
     return {"max_connections": int(values.get("tls_max_connections", 2048)),
-            "opened_connections": len(conns),
+            "opened_connections": table.counts()[1],
             "established": sum(1 for f in conns if f["state"] == "established"),
             "clear_text_write_queued": 0}
 

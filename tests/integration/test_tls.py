@@ -336,6 +336,35 @@ tcp_connection_lifetime=600"""), port)
             s.close()
 
 
+def test_tls_max_connections_is_global_and_leaves_tcp_alone(ser_factory, certs):
+    port, tport = free_port(), free_port()
+    ser = start(ser_factory, tls_cfg(certs, port, tport, globals_="""
+tcp_children=3
+tls_max_connections=2
+tcp_connection_lifetime=600""").replace("tcp_children=2\n", "", 1), port)
+    kept: list[Peer] = []
+    try:
+        refused = 0
+        for i in range(4):
+            try:
+                p = Peer.tls(tport, client_ctx(certs))
+                assert options(p, "TLS", f"z9hG4bKtm{i}").startswith("SIP/2.0 200")
+                kept.append(p)
+            except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+                refused += 1
+        assert len(kept) == 2 and refused == 2
+        info = ser.rpc("tls.info")
+        assert info["max_connections"] == 2 and info["opened_connections"] == 2
+        tcp = Peer.tcp(port)                  # TCP still has room
+        kept.append(tcp)
+        assert options(tcp, "TCP", "z9hG4bKtmtcp").startswith("SIP/2.0 200")
+        tcp_info = ser.rpc("core.tcp_info")
+        assert (tcp_info["opened_connections"], tcp_info["opened_tls_connections"]) == (3, 2)
+    finally:
+        for p in kept:
+            p.close()
+
+
 def test_seed_06_tls_runs_as_written(ser_factory, certs, tmp_path):
     """06-tls.cfg with only its paths and ports replaced: $tls_* in the log,
     both relays go out over TLS, onsend_route sees $snd(proto)==3."""
