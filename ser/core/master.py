@@ -338,6 +338,10 @@ class Master:
             slot = self.slots[rank]
             cause = _exit_cause(status)
             self._recover(pid)
+            try:
+                slot.role.reaped(self.env)
+            except Exception:
+                log.exception("clean-up after %s (pid %d) failed", slot.role.desc, pid)
             if self.stopping:
                 continue
             ran = time.monotonic() - slot.started

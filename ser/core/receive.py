@@ -69,6 +69,9 @@ class Core:
         # fn(dest, data) -> bool: the TCP worker's own sender, else the hand-off
         # to the process owning the connection (ser.core.tcp.StreamSender)
         self.tcp_send: Any = getattr(rt, "stream_send", None)
+        # fn(conn, port): add a port alias to a connection this process owns
+        # (set by the TCP worker; force_tcp_alias)
+        self.tcp_alias: Any = None
         rt.core = self
         # tm's per-process engine (ser.mods.tm), when loaded: replies are
         # matched to their transaction before the stateless relay
