@@ -79,6 +79,9 @@ class Core:
         mods = cfg.modules.values() if isinstance(getattr(cfg, "modules", None), dict) else ()
         self.in_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_in", ())]
         self.out_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_out", ())]
+        for inst in mods:       # modules that send by themselves (nathelper's pings)
+            for bind in inst.state.get("core_bind", ()):
+                bind(self)
 
     # -- receiving ----------------------------------------------------------------
     def receive(self, data: bytes, si: SocketInfo, src: tuple[str, int],

@@ -242,6 +242,18 @@ class SipMessage:
         _check_header_text(name, value)
         self._edit("add", name, value, first)
 
+    def amend_added_header(self, name: str, old: str, new: str) -> bool:
+        """Change the value of a header an earlier ``add_header`` added (the
+        newest with value ``old``); False if there is none."""
+        _check_header_text(name, new)
+        key = canonical_name(name)
+        for i in range(len(self._edits or ()) - 1, -1, -1):
+            op = self._edits[i]     # type: ignore[index]
+            if op[0] == "add" and canonical_name(op[1]) == key and op[2] == old:
+                self._edits[i] = ("add", op[1], new, op[3])     # type: ignore[index]
+                return True
+        return False
+
     def remove_header(self, name: str) -> int:
         """Remove every header of this name; returns how many there were."""
         key = canonical_name(name)
