@@ -10,6 +10,8 @@ defines ``DBURL`` and loads the driver.
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import re
 import socket
 import subprocess
@@ -303,3 +305,58 @@ def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
     finally:
         bob.close()
         alice.close()
+
+
+# ---------------------------------------------------------------- WITH_JSONRPC
+
+def _http(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_stock_cfg_jsonrpc_over_http_on_the_sip_port(ser_factory):
+    port = free_port()
+    text = with_listen(STOCK.read_text(), port).replace("{", "{{").replace("}", "}}")
+    ser = ser_factory(text, args=["-A", "WITH_JSONRPC", "-n", "1"], port=port)
+    req = json.dumps({"jsonrpc": "2.0", "method": "core.version", "id": 7}).encode()
+    status, headers, body = _http(port, "POST", "/RPC", req)
+    assert status == 200, ser.logtext()[-3000:]
+    assert headers["content-type"] == "application/json"
+    assert headers.get("connection") == "close"        # set_reply_close()
+    resp = json.loads(body)
+    assert resp["id"] == 7 and resp["result"].startswith("ser "), resp
+    # a method of a module, and an unknown one
+    status, _, body = _http(port, "POST", "/RPC", json.dumps(
+        {"jsonrpc": "2.0", "method": "ul.dump", "id": 8}).encode())
+    assert status == 200 and "result" in json.loads(body)
+    status, _, body = _http(port, "POST", "/RPC", json.dumps(
+        {"jsonrpc": "2.0", "method": "no.such", "id": 9}).encode())
+    assert json.loads(body)["error"]["code"] == -32601
+    # a GET has no Content-Length: tcp_accept_no_cl lets it through; $hu is the URL
+    status, headers, body = _http(port, "GET", "/nothing/here")
+    assert status == 200 and headers["content-type"] == "text/html"
+    assert body == b"<html><body>Wrong URL /nothing/here</body></html>"
+    # the raw bytes: one HTTP/1.1 answer, then the connection is closed
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            raise AssertionError(f"connection not closed; got {data!r}")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"Wrong URL /x</body></html>")
+    # SIP on the same TCP port still goes to request_route (whose answer to
+    # sipsak's OPTIONS is this 403, from Kamailio as from ser)
+    r = subprocess.run([need("sipsak"), "-E", "tcp", "-s", f"sip:127.0.0.1:{port}", "-v"],
+                       capture_output=True, text=True, timeout=20)
+    assert "SIP/2.0 403 Not relaying" in r.stdout + r.stderr, r.stdout + r.stderr

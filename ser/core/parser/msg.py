@@ -119,6 +119,12 @@ class SipMessage:
     def count(self, name: str) -> int:
         return self._keys.count(_canon_get(name) or canonical_name(name))
 
+    @property
+    def http_version(self) -> str | None:
+        """"HTTP/1.1" or "HTTP/1.0" for an HTTP request, None for SIP."""
+        v: str | None = self._cache.get("http_version")
+        return v
+
     # -- typed headers, parsed on first access -------------------------------
     def _one(self, key: str, parse: Callable[[str], Any]) -> Any:
         try:
@@ -492,7 +498,11 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
     method, ruri, version = parts
     if method not in _METHODS and not abnf.METHOD.fullmatch(method):
         raise ProtocolError(None, "bad request method")
-    if version != "SIP/2.0":
+    if version in ("HTTP/1.1", "HTTP/1.0"):
+        # an HTTP request on a SIP stream port (Kamailio's xhttp): the core
+        # hands it to event_route[xhttp:request], never to request_route
+        msg._cache["http_version"] = version
+    elif version != "SIP/2.0":
         if not abnf.SIP_VERSION.fullmatch(version):
             raise ProtocolError(400, "bad SIP version")
         if version.upper() != "SIP/2.0":
