@@ -116,6 +116,12 @@ CORE_RPC = (
 )
 
 
+def rpc_context(env: Any, registry: RpcRegistry) -> RpcContext:
+    """What an RPC handler sees, in any process that has the master's Env."""
+    return RpcContext(env=env, procs=env.procs, stats=env.stats, shm=env.shm, cfg=env.cfg,
+                      registry=registry, started=env.started, rt=env.rt)
+
+
 def build_registry(cfg: Any) -> RpcRegistry:
     """Core methods and those of every loaded module."""
     from ser.core.cfg.core_functions import exports as core_exports

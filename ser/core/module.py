@@ -151,6 +151,9 @@ class Module:
     child_init: Callable[[ModuleInstance, int], None] | None = None
     destroy: Callable[[ModuleInstance], None] | None = None
     depends: tuple[str, ...] = ()
+    # what an operator must know whenever the module is loaded (a Kamailio
+    # module that ser only partly has): printed by ``ser -c`` and at start-up
+    warning: str = ""
 
     def function(self, name: str) -> Function | None:
         for f in self.functions:

@@ -35,6 +35,9 @@ from ser.core.parser.reply import build_error_reply
 _bad_log = RateLimited(interval=10.0, burst=5)
 
 
+XHTTP_ROUTE = "xhttp:request"
+
+
 class Dest:
     """Where a message goes: protocol, address, and the socket to send from."""
 
@@ -55,8 +58,10 @@ class Dest:
 class Core:
     """Per-process sending and receiving, shared by all route executions."""
 
-    def __init__(self, cfg: Any, rt: Runtime, sockets: list[SocketInfo], stats: Any) -> None:
+    def __init__(self, cfg: Any, rt: Runtime, sockets: list[SocketInfo], stats: Any,
+                 env: Any = None) -> None:
         self.cfg = cfg
+        self.env = env            # the process's roles.Env (what RPC handlers see), if any
         self.routes = cfg.routes
         self.rt = rt
         self.sockets = sockets
@@ -82,6 +87,9 @@ class Core:
         mods = cfg.modules.values() if isinstance(getattr(cfg, "modules", None), dict) else ()
         self.in_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_in", ())]
         self.out_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_out", ())]
+        for inst in mods:       # modules that send by themselves (nathelper's pings)
+            for bind in inst.state.get("core_bind", ()):
+                bind(self)
 
     # -- receiving ----------------------------------------------------------------
     def receive(self, data: bytes, si: SocketInfo, src: tuple[str, int],
@@ -96,7 +104,9 @@ class Core:
         except ProtocolError as e:
             self._bad_message(data, e, si, src, conn)
             return
-        if msg.is_request:
+        if msg.is_request and msg.http_version is not None:
+            self._http(msg, si, src, conn)
+        elif msg.is_request:
             self.stats.inc("core:rcv_requests")
             self._request(msg, si, src, conn)
         else:
@@ -127,6 +137,21 @@ class Core:
             log.exception("request_route failed for %s from %s:%s", msg.method, src[0], src[1])
             if msg.method != "ACK":
                 self.reply(ctx, 500, "Server Internal Error")
+
+    def _http(self, msg: SipMessage, si: SocketInfo, src: tuple[str, int], conn: Any) -> None:
+        """An HTTP request on a SIP stream port goes to event_route[xhttp:request]
+        (module xhttp), as in Kamailio; over UDP or without that route it is dropped."""
+        if conn is None or self.routes is None or self.routes.get("event", XHTTP_ROUTE) is None:
+            self.stats.inc("core:drop_requests")
+            return
+        ctx = self._context(msg, si, src, conn)
+        try:
+            self.routes.run("event", XHTTP_ROUTE, ctx)
+        except Exception:
+            log.exception("event_route[%s] failed for %s %s from %s:%s", XHTTP_ROUTE,
+                          msg.method, msg.ruri, src[0], src[1])
+        if ctx.options.get("set_reply_close") and hasattr(conn, "close_after"):
+            conn.close_after = True
 
     def _reply(self, msg: SipMessage, si: SocketInfo, src: tuple[str, int], conn: Any) -> None:
         ctx = self._context(msg, si, src, conn)

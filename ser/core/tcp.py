@@ -278,17 +278,19 @@ def raise_fd_limit() -> int:
 class Conn:
     __slots__ = ("sock", "si", "addr", "framer", "out", "last", "partial_since",
                  "send_since", "created", "outgoing", "proto", "tls", "state", "cid",
-                 "keys", "dests", "ev", "fd", "peer_facts", "started")
+                 "keys", "dests", "ev", "fd", "peer_facts", "started", "close_after")
 
     def __init__(self, sock: socket.socket, si: SocketInfo, addr: tuple[str, int],
-                 max_size: int, proto: str, cid: int, outgoing: bool = False) -> None:
+                 max_size: int, proto: str, cid: int, outgoing: bool = False,
+                 accept_no_cl: bool = False) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.si = si
         self.addr = addr
         self.proto = proto
         self.cid = cid
-        self.framer = StreamFramer(max_size)
+        self.framer = StreamFramer(max_size, accept_no_cl)
+        self.close_after = False     # close once the output is written (set_reply_close)
         self.out = bytearray()
         now = time.monotonic()
         self.last = now
@@ -347,7 +349,8 @@ class TcpWorker(Role):
         self.max_size = int(values.get("tcp_max_message_size", 65535))
         self.rd_size = int(values.get("tcp_rd_buf_size", READ_SIZE)) or READ_SIZE
         self.accept_aliases = bool(values.get("tcp_accept_aliases", False))
-        self.core = Core(env.cfg, env.rt, env.sockets, env.stats)
+        self.accept_no_cl = bool(values.get("tcp_accept_no_cl", False))
+        self.core = Core(env.cfg, env.rt, env.sockets, env.stats, env)
         self.core.tcp_send = self.send
         self.core.tcp_alias = self.add_alias
         self.handoff: Handoff = env.options["handoff"]
@@ -418,7 +421,8 @@ class TcpWorker(Role):
                      si.proto, ip, addr[1])
                 sock.close()
                 continue
-            c = Conn(sock, si, (ip, addr[1]), self.max_size, si.proto, self._new_id())
+            c = Conn(sock, si, (ip, addr[1]), self.max_size, si.proto, self._new_id(),
+                     accept_no_cl=self.accept_no_cl)
             if si.proto == "tls":
                 profiles = self._profiles()
                 if profiles is None:
@@ -635,6 +639,9 @@ class TcpWorker(Role):
                      c.addr[0], c.addr[1], traceback.format_exc())
             if c.fd < 0:
                 return
+            if c.close_after and not c.out:
+                self._close(c, "closed after the reply")
+                return
         c.partial_since = (c.partial_since or now) if c.framer.pending else 0.0
 
     def _via_alias(self, c: Conn, m: bytes) -> None:
@@ -763,6 +770,9 @@ class TcpWorker(Role):
                 return
             del c.out[:n]
         c.send_since = 0.0
+        if c.close_after:
+            self._close(c, "closed after the reply")
+            return
         self._want(c, _R)
 
     # -- housekeeping ---------------------------------------------------------------

@@ -45,13 +45,36 @@ def _socket_hostport(ctx: Any) -> tuple[str, str]:
     return f"{host}:{ctx.dst_port}", "udp"
 
 
+def _semi(param: str) -> str:
+    return param if not param or param.startswith(";") else ";" + param
+
+
 def record_route(ctx: Any, params: str = "") -> int:
     msg = ctx.msg
     if not msg.is_request:
         return -1
-    extra = params if not params or params.startswith(";") else ";" + params
+    extra = _semi(params) + ctx.cache.get("rr_add_params", "")
     hostport, proto = _socket_hostport(ctx)
-    msg.add_header("Record-Route", _rr_uri(ctx, hostport, proto, extra), first=True)
+    value = _rr_uri(ctx, hostport, proto, extra)
+    msg.add_header("Record-Route", value, first=True)
+    ctx.cache["rr_added"] = value
+    return 1
+
+
+def add_rr_param(ctx: Any, param: str) -> int:
+    """Add ``;param`` to the Record-Route URI of record_route(), called before or after it."""
+    msg = ctx.msg
+    if not msg.is_request or not param.strip(";"):
+        return -1
+    param = _semi(param.strip())
+    added = ctx.cache.get("rr_added")
+    if added is None:
+        ctx.cache["rr_add_params"] = ctx.cache.get("rr_add_params", "") + param
+        return 1
+    new = added[:-1] + param + ">" if added.endswith(">") else added + param
+    if not msg.amend_added_header("Record-Route", added, new):
+        return -1
+    ctx.cache["rr_added"] = new
     return 1
 
 
@@ -189,7 +212,13 @@ exports = Module(
                  doc="Route the request by its Route headers (RFC 3261 16.4, 16.12)."),
         Function("is_direction", is_direction, (Arg("direction", "const"),), R.REQUEST,
                  _dir_fixup, "Is the in-dialog request going downstream (from the caller)?"),
-        Function("check_route_param", check_route_param, (Arg("regex"),), R.REQUEST,
-                 doc="Do the parameters of our Route match the regular expression?"),
+        Function("check_route_param", check_route_param, (Arg("regex"),),
+                 R.REQUEST | R.FAILURE | R.BRANCH | R.ONREPLY,
+                 doc="Do the parameters of our Route match the regular expression? (After "
+                 "loose_route(); false in a route that has not run it, as a reply's.)"),
+        Function("add_rr_param", add_rr_param, (Arg("param", doc=";name=value"),),
+                 R.REQUEST | R.FAILURE | R.BRANCH | R.ONREPLY,
+                 doc="Add a parameter to the Record-Route URI of record_route() (called "
+                 "before or after it; false for a reply)."),
     ),
 )

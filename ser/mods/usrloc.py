@@ -700,7 +700,8 @@ exports = Module(
         Param("timer_procs", int, 0, "Timer processes (ser's timer process does the work).",
               ignored=True),
         Param("desc_time_order", int, 0, "Order contacts by time (accepted).", ignored=True),
-        Param("nat_bflag", int, -1, "Branch flag marking NATed contacts.", ignored=True),
+        Param("nat_bflag", int, -1, "Branch flag marking NATed contacts (saved with the "
+              "contact; nathelper's ping_nated_only pings only those)."),
         Param("preload", str, "", "Tables to preload (ser loads 'location').", multi=True,
               ignored=True),
     ),

@@ -88,6 +88,8 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("tcp_max_message_size", "int", 65535, "Largest SIP message accepted on a stream; a "
        "larger one closes the connection (ser only)."),
     _d("tcp_accept_aliases", "bool", False, "Honour the alias Via parameter."),
+    _d("tcp_accept_no_cl", "bool", False, "Accept stream messages without Content-Length "
+       "(HTTP requests for xhttp)."),
     _d("tcp_rd_buf_size", "int", 65536, "Bytes read from a TCP connection at once."),
     _d("tcp_async", "bool", True, "Write TCP data asynchronously."),
     _d("tcp_keepalive", "bool", True, "Enable TCP keepalive."),
