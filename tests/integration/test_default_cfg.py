@@ -158,8 +158,6 @@ def _invite_seen_by_callee(uas_msgs: str) -> str:
 def test_switch(switch, ser_factory, tmp_path):
     need("sipp")
     on = set(SWITCHES) if switch == "all" else set() if switch == "none" else {switch}
-    if "IPAUTH" in on:
-        on.add("AUTH")                      # IPAUTH is a part of AUTH, as in kamailio.cfg
     db = tmp_path / "ser.db"
     if "TLS" in on:
         r = subprocess.run([SERCTL, "tls", "gencert", "--key", str(tmp_path / "ser.key"),
@@ -167,6 +165,8 @@ def test_switch(switch, ser_factory, tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     sp = _start(ser_factory, tmp_path, on, db)
+    if "IPAUTH" in on:
+        on.add("AUTH")                      # WITH_IPAUTH turns WITH_AUTH on
     run = Run(sp, tmp_path, db, on)
     uses_db = bool(on & {"AUTH", "USRLOCDB", "ACL"})
     created = [ln for ln in sp.logtext().splitlines() if "db: created" in ln]
