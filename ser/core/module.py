@@ -175,6 +175,7 @@ class ModuleInstance:
     pos: Pos
     params: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    set_params: set[str] = field(default_factory=set)     # names given with modparam
 
     def __post_init__(self) -> None:
         for p in self.decl.params:

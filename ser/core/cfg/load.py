@@ -170,6 +170,7 @@ def _modparams(script: ast.Script, cfg: Config, errors: list[CfgError],
                 inst.params[param.name].append(mp.value)
             else:
                 inst.params[param.name] = mp.value
+            inst.set_params.add(param.name)
     if ignored:
         cfg.warnings.append("module parameters without meaning in ser, ignored: "
                             + ", ".join(ignored))
