@@ -1,11 +1,20 @@
 # ser — one Makefile for setting up, testing, running and measuring.
 #   make test    install everything (venv, package, Debian tools) and run the suite
 #   make run     run the server in the foreground on cfg/ser.cfg
+#                (WITH="AUTH USRLOCDB" turns on cfg switches; its database is
+#                DBURL, run/ser.db here: `export SER_DB_URL=sqlite://$PWD/run/ser.db`
+#                points serctl at it; WITH=TLS uses run/ser.pem and run/ser.key;
+#                SER_ARGS adds ser options, e.g. -A SIP_PORT=5070)
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 CFG     ?= cfg/ser.cfg
 RUNDIR  ?= $(CURDIR)/run
+DBURL   ?= sqlite://$(RUNDIR)/ser.db
+TLS_CERT ?= $(RUNDIR)/ser.pem
+TLS_KEY ?= $(RUNDIR)/ser.key
+WITH    ?=
+SER_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: all deps install test unit run check lint typecheck bench docs docs-check clean
@@ -33,10 +42,12 @@ unit: install
 
 run: install
 	mkdir -p $(RUNDIR)
-	$(BIN)/ser -DD -E -Y $(RUNDIR) -f $(CFG)
+	$(BIN)/ser -DD -E -Y $(RUNDIR) -A 'DBURL="$(DBURL)"' \
+		-A 'TLS_CERT="$(TLS_CERT)"' -A 'TLS_KEY="$(TLS_KEY)"' $(foreach w,$(WITH),-A WITH_$(w)) \
+		$(SER_ARGS) -f $(CFG)
 
 check: install
-	$(BIN)/ser -c -f $(CFG)
+	$(BIN)/ser -c $(foreach w,$(WITH),-A WITH_$(w)) $(SER_ARGS) -f $(CFG)
 
 lint: install
 	$(BIN)/ruff check ser tests bench scripts

@@ -81,6 +81,22 @@ def stats_reset(ctx: RpcContext, *names: str) -> list[str]:
     return sorted(sel)
 
 
+def core_tcp_info(ctx: RpcContext) -> dict[str, Any]:
+    """Kamailio's core.tcp_info: the stream workers, limits and open connections."""
+    from ser.core.tcp import TABLE, ConnTable
+    try:
+        table = ConnTable(ctx.shm.table(TABLE))
+    except (AttributeError, KeyError):
+        raise RpcError(500, "no TCP/TLS workers are running") from None
+    values = ctx.cfg.settings.values
+    opened, opened_tls = table.counts()
+    return {"readers": sum(1 for r in ctx.procs.rows() if r["ROLE"] == "tcp"),
+            "max_connections": int(values.get("tcp_max_connections", 2048)),
+            "max_tls_connections": int(values.get("tls_max_connections", 2048)),
+            "opened_connections": opened, "opened_tls_connections": opened_tls,
+            "write_queued_bytes": 0}
+
+
 # declared here, listed in the core's module declaration (core_functions.exports)
 CORE_RPC = (
     RPCMethod("core.version", core_version, "Version of ser."),
@@ -89,6 +105,8 @@ CORE_RPC = (
     RPCMethod("core.psx", core_psx, "Processes with rank, role and start time."),
     RPCMethod("core.shmmem", core_shmmem, "Shared memory usage.", ("unit: b, k, m or g",)),
     RPCMethod("core.echo", core_echo, "Returns its parameters."),
+    RPCMethod("core.tcp_info", core_tcp_info, "TCP/TLS workers, connection limits and "
+              "the connections open now (all workers together)."),
     RPCMethod("system.listMethods", system_list_methods, "Every RPC method."),
     RPCMethod("stats.get_statistics", stats_get,
               "Statistics: all, a group (grp: or grp) or names.", ("name ...",)),
@@ -96,6 +114,12 @@ CORE_RPC = (
     RPCMethod("stats.reset_statistics", stats_reset,
               "Reset statistics: all, a group or names.", ("name ...",)),
 )
+
+
+def rpc_context(env: Any, registry: RpcRegistry) -> RpcContext:
+    """What an RPC handler sees, in any process that has the master's Env."""
+    return RpcContext(env=env, procs=env.procs, stats=env.stats, shm=env.shm, cfg=env.cfg,
+                      registry=registry, started=env.started, rt=env.rt)
 
 
 def build_registry(cfg: Any) -> RpcRegistry:

@@ -27,10 +27,11 @@ import time
 from typing import Any
 
 from ser.core import http
+from ser.core.corerpc import rpc_context
 from ser.core.log import log
 from ser.core.metrics import collect
 from ser.core.roles import Env, Role
-from ser.core.rpc import RpcContext, RpcRegistry
+from ser.core.rpc import RpcRegistry
 
 MAX_REQUEST = 65535
 
@@ -93,9 +94,7 @@ class CtlProcess(Role):
         self.reply_dir = reply_dir
 
     def run(self, env: Env) -> int:
-        self.ctx = RpcContext(env=env, procs=env.procs, stats=env.stats, shm=env.shm,
-                              cfg=env.cfg, registry=self.registry, started=env.started,
-                              rt=env.rt)
+        self.ctx = rpc_context(env, self.registry)
         sel = selectors.DefaultSelector()
         fifo_fd = self.fifo_fd
         if fifo_fd >= 0:

@@ -230,6 +230,8 @@ def render_man(modules: Sequence[Module]) -> str:
     for m in _by_name(modules):
         lines += [f'.SH "MODULE {m.name}"', _r(m.doc) if m.doc else "(undocumented)",
                   f'Loaded with \\fBloadmodule "{m.name}.so"\\fR.']
+        if m.warning:
+            lines += [".PP", "\\fBWARNING:\\fR " + _r(m.warning)]
         if m.depends:
             lines.append("Needs the modules: " + ", ".join(m.depends) + ".")
         if m.params:
@@ -290,6 +292,8 @@ def render_markdown(m: Module) -> str:
     out = [f"<!-- {GENERATED} -->", f"# {m.name}", "", _md(m.doc), "",
            f'Load with `loadmodule "{m.name}.so"`.'
            + (" Needs: " + ", ".join(f"`{d}`" for d in m.depends) + "." if m.depends else "")]
+    if m.warning:
+        out += ["", f"**WARNING:** {_md(m.warning)}"]
     if m.params:
         out += ["", "## Parameters"]
         for p in _by_name(m.params):

@@ -81,6 +81,7 @@ class Master:
         self.ready_pending: set[int] = set()
         self.notify_fd = -1
         self.cleanup_paths: list[str] = []
+        self.db_paths: list[str] = []       # SQLite files (and dirs) made on this start
         self.shm: Any = None
         self.stats: Any = None
 
@@ -173,6 +174,7 @@ class Master:
         self.slots[rank] = Slot(CtlProcess(rank, registry, fifo_fd, dgram_sock, reply_dir))
         self.ready_r, self.ready_w = os.pipe()
         self.env.ready_fd = self.ready_w
+        self._create_databases()
         for inst in self.cfg.modules.values():
             if inst.decl.mod_init is not None:
                 inst.decl.mod_init(inst)
@@ -184,6 +186,24 @@ class Master:
             self.cleanup_paths.append(opts.pid_file)
         # last: everything above may need root (or files only root can read)
         self._drop_privileges()
+
+    def _create_databases(self) -> None:
+        """First start: a SQLite database that a module's ``db_url`` names
+        gets Kamailio's schema if the file or tables are missing (one log
+        line each). usrloc counts only with a db_mode."""
+        from ser.core.db.schema import create_sqlite
+        seen = set()
+        for inst in self.cfg.modules.values():
+            url = str(inst.params.get("db_url") or "")
+            if "db_url" not in inst.set_params or not url.startswith("sqlite:") or url in seen:
+                continue
+            if inst.decl.name == "usrloc" and not int(inst.params.get("db_mode") or 0):
+                continue
+            seen.add(url)
+            made = create_sqlite(url)
+            if made is not None:
+                log.info("%s", made[0])
+                self.db_paths += made[1]
 
     def _drop_privileges(self) -> None:
         """-u/-g (or user/group): the runtime dir and the control endpoints are
@@ -205,7 +225,7 @@ class Master:
             if gid < 0:
                 gid = pw.pw_gid
         shm_file = f"/dev/shm/{self.shm.arena.name.lstrip('/')}" if self.shm else None
-        for path in [opts.rundir, *self.cleanup_paths, shm_file]:
+        for path in [opts.rundir, *self.cleanup_paths, *self.db_paths, shm_file]:
             if path and path != opts.pid_file and os.path.exists(path):
                 os.chown(path, uid, gid)
         if gid >= 0:
@@ -338,6 +358,10 @@ class Master:
             slot = self.slots[rank]
             cause = _exit_cause(status)
             self._recover(pid)
+            try:
+                slot.role.reaped(self.env)
+            except Exception:
+                log.exception("clean-up after %s (pid %d) failed", slot.role.desc, pid)
             if self.stopping:
                 continue
             ran = time.monotonic() - slot.started

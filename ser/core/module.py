@@ -151,6 +151,9 @@ class Module:
     child_init: Callable[[ModuleInstance, int], None] | None = None
     destroy: Callable[[ModuleInstance], None] | None = None
     depends: tuple[str, ...] = ()
+    # what an operator must know whenever the module is loaded (a Kamailio
+    # module that ser only partly has): printed by ``ser -c`` and at start-up
+    warning: str = ""
 
     def function(self, name: str) -> Function | None:
         for f in self.functions:
@@ -172,6 +175,7 @@ class ModuleInstance:
     pos: Pos
     params: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    set_params: set[str] = field(default_factory=set)     # names given with modparam
 
     def __post_init__(self) -> None:
         for p in self.decl.params:

@@ -124,6 +124,11 @@ class PVResolver:
         self.decls: dict[str, PVDecl] = dict(CORE_PVS)
         if decls:
             self.decls.update(decls)
+        # where the pseudo-variable being resolved is written, for $cfg(...):
+        # its position (set per resolve) and the name of its route block (set
+        # by the compiler per route, Kamailio's names: DEFAULT_ROUTE, ...)
+        self.pos: Pos = ("<none>", 0, 0)
+        self.route: str = ""
 
     def add(self, decl: PVDecl) -> None:
         self.decls[decl.name] = decl
@@ -138,6 +143,7 @@ class PVResolver:
                 raise CfgError.at(pv.pos, f"pseudo-variable '${pv.name}' takes no name or index")
             pname = None
         else:
+            self.pos = pv.pos
             try:
                 pname = decl.parse_name(pv.inner, pv.index, self)
             except ValueError as e:
@@ -530,6 +536,23 @@ def _snd_get(ctx: Any, key: str) -> Value:
     return data.decode("utf-8", "replace")
 
 
+_CFG_KEYS = ("line", "name", "file", "route")
+
+
+def _cfg_name(inner: str | None, index: str | None, res: PVResolver) -> Any:
+    """$cfg(line|name|file|route): fixed where the script is compiled, so the
+    value is the constant itself (file and line of the action, its route)."""
+    key = (inner or "").strip()
+    if key not in _CFG_KEYS or index is not None:
+        raise ValueError(f"use $cfg({'|'.join(_CFG_KEYS)})")
+    file, line, _ = res.pos
+    if key == "line":
+        return line
+    if key == "route":
+        return res.route
+    return file
+
+
 def _m(fn: Callable[[Any], Value]) -> Callable[[Any, Any], Value]:
     return lambda ctx, _: fn(ctx)
 
@@ -602,6 +625,8 @@ _core: list[PVDecl] = [
     PVDecl("avp", _avp_get, _avp_set, _avp_name, doc="$avp(x): per-transaction AVP"),
     PVDecl("shv", _shv_get, _shv_set, _plain_name, doc="$shv(x): shared variable"),
     PVDecl("null", _m(lambda c: None), doc="the null value"),
+    PVDecl("cfg", lambda ctx, value: value, parse_name=_cfg_name, inline="{name}",
+           doc="$cfg(line|name|file|route): line, file and route block of the action"),
     PVDecl("snd", _snd_get, parse_name=_snd_name,
            doc="$snd(ip|port|proto|af|sproto|len|buf): where onsend_route's message goes"),
 ]

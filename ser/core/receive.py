@@ -42,6 +42,9 @@ from ser.core.parser.reply import build_error_reply
 _bad_log = RateLimited(interval=10.0, burst=5)
 
 
+XHTTP_ROUTE = "xhttp:request"
+
+
 class Dest:
     """Where a message goes: protocol, address, and the socket to send from."""
 
@@ -62,8 +65,10 @@ class Dest:
 class Core:
     """Per-process sending and receiving, shared by all route executions."""
 
-    def __init__(self, cfg: Any, rt: Runtime, sockets: list[SocketInfo], stats: Any) -> None:
+    def __init__(self, cfg: Any, rt: Runtime, sockets: list[SocketInfo], stats: Any,
+                 env: Any = None) -> None:
         self.cfg = cfg
+        self.env = env            # the process's roles.Env (what RPC handlers see), if any
         self.routes = cfg.routes
         self.rt = rt
         self.sockets = sockets
@@ -76,6 +81,9 @@ class Core:
         # fn(dest, data) -> bool: the TCP worker's own sender, else the hand-off
         # to the process owning the connection (ser.core.tcp.StreamSender)
         self.tcp_send: Any = getattr(rt, "stream_send", None)
+        # fn(conn, port): add a port alias to a connection this process owns
+        # (set by the TCP worker; force_tcp_alias)
+        self.tcp_alias: Any = None
         rt.core = self
         # tm's per-process engine (ser.mods.tm), when loaded: replies are
         # matched to their transaction before the stateless relay
@@ -86,6 +94,9 @@ class Core:
         mods = cfg.modules.values() if isinstance(getattr(cfg, "modules", None), dict) else ()
         self.in_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_in", ())]
         self.out_hooks: list[Any] = [fn for i in mods for fn in i.state.get("core_out", ())]
+        for inst in mods:       # modules that send by themselves (nathelper's pings)
+            for bind in inst.state.get("core_bind", ()):
+                bind(self)
 
     # -- receiving ----------------------------------------------------------------
     def receive(self, data: bytes, si: SocketInfo, src: tuple[str, int],
@@ -100,7 +111,9 @@ class Core:
         except ProtocolError as e:
             self._bad_message(data, e, si, src, conn)
             return
-        if msg.is_request:
+        if msg.is_request and msg.http_version is not None:
+            self._http(msg, si, src, conn)
+        elif msg.is_request:
             self.stats.inc("core:rcv_requests")
             self._request(msg, si, src, conn)
         else:
@@ -131,6 +144,21 @@ class Core:
             log.exception("request_route failed for %s from %s:%s", msg.method, src[0], src[1])
             if msg.method != "ACK":
                 self.reply(ctx, 500, "Server Internal Error")
+
+    def _http(self, msg: SipMessage, si: SocketInfo, src: tuple[str, int], conn: Any) -> None:
+        """An HTTP request on a SIP stream port goes to event_route[xhttp:request]
+        (module xhttp), as in Kamailio; over UDP or without that route it is dropped."""
+        if conn is None or self.routes is None or self.routes.get("event", XHTTP_ROUTE) is None:
+            self.stats.inc("core:drop_requests")
+            return
+        ctx = self._context(msg, si, src, conn)
+        try:
+            self.routes.run("event", XHTTP_ROUTE, ctx)
+        except Exception:
+            log.exception("event_route[%s] failed for %s %s from %s:%s", XHTTP_ROUTE,
+                          msg.method, msg.ruri, src[0], src[1])
+        if ctx.options.get("set_reply_close") and hasattr(conn, "close_after"):
+            conn.close_after = True
 
     def _reply(self, msg: SipMessage, si: SocketInfo, src: tuple[str, int], conn: Any) -> None:
         ctx = self._context(msg, si, src, conn)

@@ -53,6 +53,10 @@ class Role:
     def run(self, env: Env) -> int:
         raise NotImplementedError
 
+    def reaped(self, env: Env) -> None:
+        """In the master, after this child died: release shared state that
+        only the dead process could have released (default: nothing)."""
+
 
 class _Stop(BaseException):
     """Raised by the SIGTERM handler of a child to leave its loop."""

@@ -13,7 +13,12 @@ were idle longer than ``tcp_connection_lifetime``, that have held a partial
 message (or an unfinished handshake) longer than ``tcp_msg_read_timeout``,
 whose connect did not finish in ``tcp_connect_timeout`` or whose output has
 not drained within ``tcp_send_timeout``. Limits: ``tcp_max_connections``
-(shared out over the workers) and ``tcp_max_connections_per_ip``.
+(every stream connection, accepted or opened) and ``tls_max_connections``
+are global: each worker reserves a place in the shared *connection count*
+before it keeps a connection and gives it back on every close; the count
+is kept per worker rank, so when a worker dies (even by SIGKILL, its
+connections dying with it) the master drops that rank's share.
+``tcp_max_connections_per_ip`` is counted per worker.
 
 One process owns each connection (a TLS session cannot move between
 processes). The *connection table* (a shared-memory table, ``tcp_conn``)
@@ -32,6 +37,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import resource
 import selectors
 import socket
@@ -56,6 +62,9 @@ _HDR = struct.Struct("<IHBB")          # conn id, port, proto id, host length
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 CONNECTING, HANDSHAKE, OPEN = 0, 1, 2
 _STATE_NAMES = {CONNECTING: "connecting", HANDSHAKE: "handshake", OPEN: "established"}
+_ALIAS_PARAM = re.compile(rb";\s*alias\s*(?:[;,=]|$)", re.I)
+_COUNT_KEY = b"n|conns"
+_COUNT = struct.Struct("<iII")         # rank, stream connections, of which tls
 
 
 def _addr_key(proto: str, host: str, port: int) -> bytes:
@@ -149,6 +158,64 @@ class ConnTable:
                 n += self.t.delete(rec.key)
         return n
 
+    # -- the global connection count (one record: a row per worker rank) ---------
+    @staticmethod
+    def _counts(v: bytes | None) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for rank, n, n_tls in _COUNT.iter_unpack(v or b""):
+            out[rank] = [n, n_tls]
+        return out
+
+    @staticmethod
+    def _pack(counts: dict[int, list[int]]) -> bytes:
+        return b"".join(_COUNT.pack(r, n, t) for r, (n, t) in sorted(counts.items()) if n)
+
+    def reserve(self, rank: int, tls: bool, max_all: int, max_tls: int) -> bool:
+        """Count one more connection of ``rank`` unless a limit is reached."""
+        ok = False
+
+        def fn(v: bytes | None) -> bytes | None:
+            nonlocal ok
+            counts = self._counts(v)
+            if sum(n for n, _ in counts.values()) >= max_all or \
+                    (tls and sum(t for _, t in counts.values()) >= max_tls):
+                return v
+            row = counts.setdefault(rank, [0, 0])
+            row[0] += 1
+            row[1] += int(tls)
+            ok = True
+            return self._pack(counts)
+        self.t.update(_COUNT_KEY, fn)
+        return ok
+
+    def release(self, rank: int, tls: bool) -> None:
+        def fn(v: bytes | None) -> bytes | None:
+            counts = self._counts(v)
+            row = counts.get(rank)
+            if row is not None:
+                row[0] = max(0, row[0] - 1)
+                row[1] = max(0, row[1] - int(tls))
+            return self._pack(counts) or None
+        self.t.update(_COUNT_KEY, fn)
+
+    def release_rank(self, rank: int) -> tuple[int, int]:
+        """Drop every connection counted for ``rank``; returns (all, tls) dropped."""
+        dropped = (0, 0)
+
+        def fn(v: bytes | None) -> bytes | None:
+            nonlocal dropped
+            counts = self._counts(v)
+            n, t = counts.pop(rank, (0, 0))
+            dropped = (n, t)
+            return self._pack(counts) or None
+        self.t.update(_COUNT_KEY, fn)
+        return dropped
+
+    def counts(self) -> tuple[int, int]:
+        """(stream connections, of which tls) open in every worker together."""
+        counts = self._counts(self.t.get(_COUNT_KEY)).values()
+        return sum(n for n, _ in counts), sum(t for _, t in counts)
+
     def connections(self) -> list[dict[str, Any]]:
         out = []
         for rec in self.t.snapshot():
@@ -211,17 +278,19 @@ def raise_fd_limit() -> int:
 class Conn:
     __slots__ = ("sock", "si", "addr", "framer", "out", "last", "partial_since",
                  "send_since", "created", "outgoing", "proto", "tls", "state", "cid",
-                 "keys", "dests", "ev", "fd", "peer_facts", "started")
+                 "keys", "dests", "ev", "fd", "peer_facts", "started", "close_after")
 
     def __init__(self, sock: socket.socket, si: SocketInfo, addr: tuple[str, int],
-                 max_size: int, proto: str, cid: int, outgoing: bool = False) -> None:
+                 max_size: int, proto: str, cid: int, outgoing: bool = False,
+                 accept_no_cl: bool = False) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.si = si
         self.addr = addr
         self.proto = proto
         self.cid = cid
-        self.framer = StreamFramer(max_size)
+        self.framer = StreamFramer(max_size, accept_no_cl)
+        self.close_after = False     # close once the output is written (set_reply_close)
         self.out = bytearray()
         now = time.monotonic()
         self.last = now
@@ -270,33 +339,33 @@ class TcpWorker(Role):
         assert env.rt is not None
         raise_fd_limit()
         values = env.cfg.settings.values
-        workers = max(1, env.options.get("tcp_workers", 1))
         self.lifetime = float(values.get("tcp_connection_lifetime", 120))
         self.read_timeout = float(values.get("tcp_msg_read_timeout", 20))
         self.send_timeout = float(values.get("tcp_send_timeout", 10))
         self.connect_timeout = float(values.get("tcp_connect_timeout", 10))
-        self.max_conns = max(1, int(values.get("tcp_max_connections", 2048)) // workers)
-        self.max_tls = max(1, int(values.get("tls_max_connections", 2048)) // workers)
+        self.max_conns = int(values.get("tcp_max_connections", 2048))
+        self.max_tls = int(values.get("tls_max_connections", 2048))
         self.max_per_ip = int(values.get("tcp_max_connections_per_ip", 256))
         self.max_size = int(values.get("tcp_max_message_size", 65535))
         self.rd_size = int(values.get("tcp_rd_buf_size", READ_SIZE)) or READ_SIZE
         self.accept_aliases = bool(values.get("tcp_accept_aliases", False))
-        self.core = Core(env.cfg, env.rt, env.sockets, env.stats)
+        self.accept_no_cl = bool(values.get("tcp_accept_no_cl", False))
+        self.core = Core(env.cfg, env.rt, env.sockets, env.stats, env)
         self.core.tcp_send = self.send
+        self.core.tcp_alias = self.add_alias
         self.handoff: Handoff = env.options["handoff"]
         self.table = ConnTable(env.shm.table(TABLE))
         tls = env.cfg.modules.get("tls")
         self.tls_state: dict[str, Any] | None = tls.state if tls is not None else None
         # a worker re-forked after a tls.reload loads the new settings at once
         self.tls_gen = 0
-        self.table.forget(self.rank)       # what a previous life of this rank left
+        self.reaped(env)                   # what a previous life of this rank left
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.by_id: dict[int, Conn] = {}
         self.per_ip: dict[str, int] = {}
         self.by_dest: dict[tuple[str, str, int], Conn] = {}
         self.next_id = 1
-        self.n_tls = 0
         for si in self.listeners:
             assert si.sock is not None
             si.sock.setblocking(False)
@@ -320,6 +389,15 @@ class TcpWorker(Role):
                 self._housekeeping(now)
                 next_house = now + 1.0
 
+    def reaped(self, env: Env) -> None:
+        """This rank's connections are gone (its process died, or a new one
+        starts): forget them in the connection table and the global count."""
+        table = ConnTable(env.shm.table(TABLE))
+        table.forget(self.rank)
+        n, _ = table.release_rank(self.rank)
+        if n:
+            log.info("tcp worker rank %d: %d connection(s) closed by its end", self.rank, n)
+
     # -- connections ----------------------------------------------------------------
     def _profiles(self) -> Any:
         return self.tls_state.get("profiles") if self.tls_state is not None else None
@@ -335,18 +413,20 @@ class TcpWorker(Role):
                 _log(logging.ERROR, "accept on %s failed: %s", si, e)
                 return
             ip = addr[0]
-            full = len(self.conns) >= self.max_conns or (si.proto == "tls"
-                                                         and self.n_tls >= self.max_tls)
-            if full or self.per_ip.get(ip, 0) >= self.max_per_ip:
+            if self.per_ip.get(ip, 0) >= self.max_per_ip or \
+                    not self.table.reserve(self.rank, si.proto == "tls", self.max_conns,
+                                           self.max_tls):
                 self.core.stats.inc("core:tcp_refused")
                 _log(logging.WARNING, "%s connection from %s:%s refused: limit reached",
                      si.proto, ip, addr[1])
                 sock.close()
                 continue
-            c = Conn(sock, si, (ip, addr[1]), self.max_size, si.proto, self._new_id())
+            c = Conn(sock, si, (ip, addr[1]), self.max_size, si.proto, self._new_id(),
+                     accept_no_cl=self.accept_no_cl)
             if si.proto == "tls":
                 profiles = self._profiles()
                 if profiles is None:
+                    self.table.release(self.rank, True)
                     sock.close()
                     continue
                 from OpenSSL import SSL
@@ -365,8 +445,6 @@ class TcpWorker(Role):
         c.sock.setblocking(False)
         self.conns[c.fd] = c
         self.by_id[c.cid] = c
-        if c.proto == "tls":
-            self.n_tls += 1
         self.per_ip[c.addr[0]] = self.per_ip.get(c.addr[0], 0) + 1
         c.dests.append((c.proto, c.addr[0], c.addr[1]))
         self.by_dest[c.dests[0]] = c
@@ -380,7 +458,7 @@ class TcpWorker(Role):
     def add_alias(self, c: Conn, port: int) -> None:
         """Another port of the peer reached over this connection (Via alias)."""
         key = _addr_key(c.proto, c.addr[0], port)
-        if key not in c.keys:
+        if c.alive and key not in c.keys:
             c.keys.append(key)
             c.dests.append((c.proto, c.addr[0], port))
             self.by_dest[c.dests[-1]] = c
@@ -410,8 +488,6 @@ class TcpWorker(Role):
         self.sel.unregister(c.sock)
         del self.conns[fd]
         self.by_id.pop(c.cid, None)
-        if c.proto == "tls":
-            self.n_tls -= 1
         n = self.per_ip.get(c.addr[0], 1) - 1
         if n:
             self.per_ip[c.addr[0]] = n
@@ -422,6 +498,7 @@ class TcpWorker(Role):
                 del self.by_dest[d]
         try:
             self.table.drop(c.keys, self.rank, c.cid)
+            self.table.release(self.rank, c.proto == "tls")
         except Exception as e:  # noqa: BLE001
             _log(logging.ERROR, "connection table: %s", e)
         c.fd = -1
@@ -562,6 +639,9 @@ class TcpWorker(Role):
                      c.addr[0], c.addr[1], traceback.format_exc())
             if c.fd < 0:
                 return
+            if c.close_after and not c.out:
+                self._close(c, "closed after the reply")
+                return
         c.partial_since = (c.partial_since or now) if c.framer.pending else 0.0
 
     def _via_alias(self, c: Conn, m: bytes) -> None:
@@ -573,7 +653,7 @@ class TcpWorker(Role):
         if i < 0:
             return
         line = head[i + 1:head.find(b"\r\n", i + 1)].split(b",")[0]
-        if b";alias" not in line.lower():
+        if _ALIAS_PARAM.search(line) is None:
             return
         try:
             sent_by = line.split(b":", 1)[1].split()[1].split(b";")[0]
@@ -625,8 +705,9 @@ class TcpWorker(Role):
         if dest.proto not in ("tcp", "tls"):
             _log(logging.ERROR, "no %s transport to send to %s", dest.proto, dest)
             return None
-        if len(self.conns) >= self.max_conns:
-            _log(logging.ERROR, "cannot connect to %s: tcp_max_connections reached", dest)
+        if not self.table.reserve(self.rank, dest.proto == "tls", self.max_conns, self.max_tls):
+            _log(logging.ERROR, "cannot connect to %s: %s_max_connections reached", dest,
+                 dest.proto)
             return None
         si = dest.si if dest.si and dest.si.proto == dest.proto else \
             self.core.socket_for(dest.proto, dest.host) or self.core.socket_for("tcp", dest.host)
@@ -636,6 +717,7 @@ class TcpWorker(Role):
         err = sock.connect_ex((dest.host, dest.port))
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             sock.close()
+            self.table.release(self.rank, dest.proto == "tls")
             _log(logging.ERROR, "%s connect to %s failed: %s", dest.proto, dest,
                  errno.errorcode.get(err, err))
             return None
@@ -688,6 +770,9 @@ class TcpWorker(Role):
                 return
             del c.out[:n]
         c.send_since = 0.0
+        if c.close_after:
+            self._close(c, "closed after the reply")
+            return
         self._want(c, _R)
 
     # -- housekeeping ---------------------------------------------------------------

@@ -26,7 +26,7 @@ class TimerProcess(Role):
 
     def run(self, env: Env) -> int:
         if env.rt is not None:
-            Core(env.cfg, env.rt, env.sockets, env.stats)
+            Core(env.cfg, env.rt, env.sockets, env.stats, env)
         now = time.monotonic()
         heap: list[tuple[float, int, object, object]] = []
         n = 0

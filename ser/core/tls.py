@@ -7,7 +7,14 @@ role: ``server`` (connections accepted on a ``listen=tls:`` socket) or
 ``default`` profile of both roles; the ``config`` file (Kamailio's ini-like
 ``tls.cfg``) adds ``[server:default]``, ``[client:default]``,
 ``[server:IP:PORT]`` and ``[client:IP:PORT]`` sections, a specific section
-starting from the module parameters. :func:`load_profiles` reads and checks
+starting from the module parameters. A server section with ``server_name``
+is an SNI profile: several may share one address (the section name may
+repeat). A connection starts with the profile of the listening address (or
+``server:default``); when the client's SNI name matches the ``server_name``
+of an SNI profile of that address, or else of ``[server:default]``, the
+handshake switches to that profile's context (its certificate);
+``server_name_mode`` 1 matches subdomains too, 2 only subdomains. A name
+that matches nothing keeps the address's profile. :func:`load_profiles` reads and checks
 everything (files readable, key matching the certificate, method allowed)
 and builds one ``SSL.Context`` per profile; the master does it before the
 fork, ``tls.reload`` does it again in every TCP worker.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,12 +76,27 @@ class Profile:
     verify_depth: int = 9
     require_certificate: bool = False
     server_name: str = ""
+    server_name_mode: int = 0
     origin: str = "modparam"
     ctx: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
-        return f"{self.role}:{self.addr}"
+        sni = f"/{self.server_name}" if self.role == "server" and self.server_name else ""
+        return f"{self.role}:{self.addr}{sni}"
+
+    def matches(self, sni: str) -> bool:
+        """Does the client's SNI name select this (server) profile?"""
+        want = self.server_name.lower().rstrip(".")
+        sni = sni.lower().rstrip(".")
+        if not want:
+            return False
+        sub = sni.endswith("." + want)
+        if self.server_name_mode == 1:
+            return sni == want or sub
+        if self.server_name_mode == 2:
+            return sub
+        return sni == want
 
 
 _KEYS = {"method": "method", "tls_method": "method", "certificate": "certificate",
@@ -81,7 +104,8 @@ _KEYS = {"method": "method", "tls_method": "method", "certificate": "certificate
          "crl": "crl", "cipher_list": "cipher_list", "verify_certificate": "verify_certificate",
          "verify_cert": "verify_certificate", "verify_depth": "verify_depth",
          "require_certificate": "require_certificate", "require_cert": "require_certificate",
-         "server_name": "server_name", "server_id": None, "server_name_mode": None,
+         "server_name": "server_name", "server_id": None,
+         "server_name_mode": "server_name_mode",
          "ca_path": None, "verify_client": None}
 _BOOL = {"yes": True, "on": True, "true": True, "1": True, "enable": True,
          "no": False, "off": False, "false": False, "0": False, "disable": False}
@@ -124,13 +148,16 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         with open(path) as f:
-            parser.read_file(f)
+            parser.read_string(_number_sections(f.read()), path)
     except OSError as e:
         raise TlsError(f"tls config file {path}: {e.strerror}") from None
     except configparser.Error as e:
-        raise TlsError(f"tls config file {path}: {e}".replace("\n", " ")) from None
-    out = []
-    for sect in parser.sections():
+        why = re.sub(re.escape(_SECT_NO) + r"\d+", "", str(e)).replace("\n", " ")
+        raise TlsError(f"tls config file {path}: {why}") from None
+    out: list[Profile] = []
+    seen: set[str] = set()
+    for numbered in parser.sections():
+        sect = numbered.rpartition(_SECT_NO)[0]
         role, _, addr = sect.partition(":")
         role = role.strip().lower()
         addr = addr.strip() or "default"
@@ -139,8 +166,10 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
                            f"[server:...] or [client:...]")
         if addr.lower() in ("default", "any"):
             addr = "default"
-        prof = replace(base, role=role, addr=_norm_addr(addr), origin=path)
-        for key, value in parser.items(sect):
+        # the server_name module parameter is the name ser sends as a client
+        prof = replace(base, role=role, addr=_norm_addr(addr), origin=path,
+                       server_name=base.server_name if role == "client" else "")
+        for key, value in parser.items(numbered):
             attr = _KEYS.get(key.strip().lower(), "?")
             if attr == "?":
                 raise TlsError(f"tls config file {path}: [{sect}]: unknown option '{key}'")
@@ -150,8 +179,8 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
             try:
                 if attr in ("verify_certificate", "require_certificate"):
                     setattr(prof, attr, _bool(value))
-                elif attr == "verify_depth":
-                    prof.verify_depth = int(value)
+                elif attr in ("verify_depth", "server_name_mode"):
+                    setattr(prof, attr, int(value))
                 else:
                     setattr(prof, attr, value)
             except (TlsError, ValueError) as e:
@@ -159,8 +188,33 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
         err = check_method(prof.method)
         if err:
             raise TlsError(f"tls config file {path}: [{sect}] method: {err}")
+        if prof.server_name_mode not in (0, 1, 2):
+            raise TlsError(f"tls config file {path}: [{sect}] server_name_mode: "
+                           f"{prof.server_name_mode} is not 0, 1 or 2")
+        if prof.name in seen:
+            what = "" if prof.role == "client" else \
+                f" with server_name {prof.server_name}" if prof.server_name else \
+                " (give each server section of an address its own server_name)"
+            raise TlsError(f"tls config file {path}: [{sect}]{what} is defined twice")
+        seen.add(prof.name)
         out.append(prof)
     return out
+
+
+_SECT_NO = "~~"
+
+
+def _number_sections(text: str) -> str:
+    """Make repeated section names distinct for configparser: ``[a]`` becomes
+    ``[a~~N]``, N counting the sections (``parse_config_file`` strips it)."""
+    out, n = [], 0
+    for line in text.splitlines():
+        t = line.strip()
+        if t.startswith("[") and t.endswith("]"):
+            n += 1
+            line = f"[{t[1:-1]}{_SECT_NO}{n}]"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _norm_addr(addr: str) -> str:
@@ -177,7 +231,20 @@ class Profiles:
         self.by_name = {p.name: p for p in profiles}
 
     def server(self, host: str, port: int) -> Profile:
-        return self.by_name.get(f"server:{host}:{port}") or self.by_name["server:default"]
+        """The profile a connection accepted on ``host:port`` starts with: the
+        address's section without server_name, else its first SNI section,
+        else server:default."""
+        addr = f"{host.strip('[]')}:{port}"
+        return self.by_name.get(f"server:{addr}") or next(
+            (p for p in self.by_name.values() if p.role == "server" and p.addr == addr),
+            self.by_name["server:default"])
+
+    def sni_candidates(self, start: Profile) -> list[Profile]:
+        """The SNI profiles a connection that started with ``start`` may switch
+        to, in the order they are tried: its address's, then the default ones."""
+        sni = [p for p in self.by_name.values() if p.role == "server" and p.server_name]
+        return [p for p in sni if p.addr == start.addr] + \
+            [p for p in sni if p.addr == "default" and start.addr != "default"]
 
     def client(self, host: str, port: int) -> Profile:
         return self.by_name.get(f"client:{host}:{port}") or self.by_name["client:default"]
@@ -186,7 +253,8 @@ class Profiles:
         return [{"profile": p.name, "method": p.method, "certificate": p.certificate,
                  "verify_certificate": int(p.verify_certificate),
                  "require_certificate": int(p.require_certificate),
-                 "server_name": p.server_name, "source": p.origin}
+                 "server_name": p.server_name, "server_name_mode": p.server_name_mode,
+                 "source": p.origin}
                 for p in self.by_name.values()]
 
 
@@ -196,7 +264,8 @@ def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool) -> Pr
     if err:
         raise TlsError(f"tls_method: {err}")
     base = base_profiles(params)
-    profiles = {f"{r}:default": replace(base, role=r) for r in ("server", "client")}
+    profiles = {"server:default": replace(base, role="server", server_name=""),
+                "client:default": replace(base, role="client")}
     cfile = str(params.get("config") or "")
     if cfile:
         cfile = resolve_path(cfile, cfg_dir)
@@ -208,7 +277,30 @@ def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool) -> Pr
         if p.role == "server" and not need_server:
             continue
         p.ctx = build_context(p)
-    return Profiles(list(profiles.values()))
+    out = Profiles(list(profiles.values()))
+    for p in out.by_name.values():
+        if p.ctx is not None and p.role == "server":
+            cands = [c for c in out.sni_candidates(p) if c.ctx is not None]
+            if cands:
+                p.ctx.set_tlsext_servername_callback(_sni_switch(cands))
+    return out
+
+
+def _sni_switch(cands: list[Profile]) -> Any:
+    """The servername callback of a server context: the client's SNI name
+    picks the first matching profile of ``cands``; no match keeps the context."""
+    def cb(conn: Any) -> None:
+        raw = conn.get_servername()
+        if not raw:
+            return
+        name = raw.decode("ascii", "replace")
+        for p in cands:
+            if p.matches(name):
+                if conn.get_context() is not p.ctx:
+                    conn.set_context(p.ctx)
+                    conn.set_verify(p.ctx.get_verify_mode(), _verify_cb(p))
+                return
+    return cb
 
 
 def _verify_cb(prof: Profile) -> Any:

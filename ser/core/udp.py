@@ -23,7 +23,7 @@ class UdpReceiver(Role):
 
     def run(self, env: Env) -> int:
         assert env.rt is not None
-        core = Core(env.cfg, env.rt, env.sockets, env.stats)
+        core = Core(env.cfg, env.rt, env.sockets, env.stats, env)
         si = self.si
         sock = si.sock
         assert sock is not None

@@ -4,11 +4,43 @@ ser's control process always runs; loading this module (as Kamailio configs
 do) only sets where it listens. Relative paths are under the runtime
 directory (``ser -Y DIR``). ``http_port`` turns on the HTTP listener
 (``/RPC`` and Prometheus ``/metrics``), off by default.
+
+``jsonrpc_dispatch()`` answers a JSON-RPC request that came as HTTP on a SIP
+TCP port, in ``event_route[xhttp:request]`` (module xhttp) -- Kamailio's
+``transport`` bit 1. The worker runs the method itself, with the same
+registry and services the control process has.
 """
 
 from __future__ import annotations
 
-from ser.core.module import Module, Param
+import json
+from typing import Any
+
+from ser.core.log import log
+from ser.core.module import Function, Module, Param, RouteType
+
+
+def jsonrpc_dispatch(ctx: Any) -> int:
+    from ser.core.corerpc import build_registry, rpc_context
+    from ser.mods.xhttp import http_reply
+    core = ctx.rt.core
+    msg = ctx.msg
+    if core is None or core.env is None or msg.http_version is None:
+        return -1
+    inst = ctx.rt.modules.get("jsonrpcs")
+    state = inst.state if inst is not None else {}
+    rpc = state.get("rpc_ctx")
+    if rpc is None:       # once per process
+        rpc = state["rpc_ctx"] = rpc_context(core.env, build_registry(core.cfg))
+    if msg.method != "POST":
+        ok = http_reply(ctx, 405, "Method Not Allowed", "text/plain", b"use POST\n")
+        return 1 if ok else -1
+    resp = rpc.registry.handle(rpc, msg.body)
+    body = b"" if resp is None else json.dumps(resp, indent=4).encode() + b"\n"
+    if not http_reply(ctx, 200, "OK", "application/json", body):
+        log.error("jsonrpc_dispatch: the reply could not be sent")
+        return -1
+    return 1
 
 
 def _transport(v: object) -> str | None:
@@ -24,8 +56,8 @@ exports = Module(
     doc="JSON-RPC 2.0 control interface (FIFO and UNIX datagram socket).",
     params=(
         Param("transport", int, 6, "Transports to serve, a bit mask: 2 FIFO, 4 datagram "
-              "socket (8 TCP is not available; HTTP, Kamailio's 1 over xhttp, is served by "
-              "the control process when http_port is set).", _transport),
+              "socket, 1 HTTP over xhttp: jsonrpc_dispatch() in event_route[xhttp:request]; "
+              "8 TCP is not available. http_port is ser's own HTTP listener.", _transport),
         Param("http_port", int, 0, "Port of the embedded HTTP listener of the control "
               "process: POST /RPC (JSON-RPC 2.0) and GET /metrics (Prometheus). 0: off.",
               _port),
@@ -42,5 +74,10 @@ exports = Module(
         Param("dgram_user", (int, str), "", "Owner of the socket file.", ignored=True),
         Param("dgram_timeout", int, 2000, "Send timeout of datagram replies, ms."),
         Param("pretty_format", int, 1, "Indent JSON replies.", ignored=True),
+    ),
+    functions=(
+        Function("jsonrpc_dispatch", jsonrpc_dispatch, (), RouteType.EVENT,
+                 doc="Answer the JSON-RPC request of event_route[xhttp:request] (POST "
+                 "body) with the method's result."),
     ),
 )

@@ -280,6 +280,7 @@ def _save(ctx: Any, p: dict[str, Any], domain: str, flags: int,
                          int(reg_id) if reg_id and reg_id.isdigit() else 0))
     max_contacts = int(p["max_contacts"])
     replace = bool(flags & SAVE_REPLACE)
+    bflags = ctx.bflags        # kept as the contact's cflags; lookup() sets them back
 
     def apply(old: list[Ucontact]) -> tuple[list[Ucontact], int]:
         by_uri = {c.c: c for c in old}
@@ -293,7 +294,7 @@ def _save(ctx: Any, p: dict[str, Any], domain: str, flags: int,
                 result[c_uri] = None
                 continue
             result[c_uri] = Ucontact(
-                c_uri, now + exp, qi, callid, cseq, 0, 0, methods, reg_id, now, received, path,
+                c_uri, now + exp, qi, callid, cseq, 0, bflags, methods, reg_id, now, received, path,
                 ua, sock, cur.ruid if cur is not None else new_ruid(), instance)
         new = [c for c in keep if c.c not in result]
         new += [c for c in result.values() if c is not None]
@@ -339,6 +340,7 @@ def lookup_contacts(ctx: Any, domain: str, uri: str | None = None) -> int:
             return -2
     first = contacts[0]
     _set_ruri(ctx, first.c)
+    ctx.bflags |= first.cflags     # e.g. usrloc's nat_bflag, as save() found them
     ctx.cache["ruri_q"] = first.qf
     if first.path:
         ctx.cache["path_vector"] = first.path
@@ -350,7 +352,7 @@ def lookup_contacts(ctx: Any, domain: str, uri: str | None = None) -> int:
         branches = ctx.cache.setdefault("branches", [])
         for c in contacts[1:]:
             dst = _first_path_uri(c.path) if c.path else c.received
-            branches.append(Branch(c.c, dst or "", c.qf, c.path, 0))
+            branches.append(Branch(c.c, dst or "", c.qf, c.path, c.cflags))
     return 1
 
 

@@ -25,13 +25,11 @@ def _params(ctx: Any) -> dict[str, Any]:
     return inst.params if inst is not None else {}
 
 
-def _rr_uri(ctx: Any, hostport: str, proto: str, extra: str, r2: bool = False) -> str:
+def _rr_uri(ctx: Any, hostport: str, proto: str, extra: str) -> str:
     p = _params(ctx)
     uri = f"sip:{hostport}"
     if proto != "udp":
         uri += f";transport={proto}"
-    if r2:
-        uri += ";r2=on"
     uri += ";lr" if not p.get("enable_full_lr") else ";lr=on"
     if p.get("append_fromtag"):
         frm = ctx.msg.from_
@@ -49,21 +47,52 @@ def _socket_hostport(ctx: Any) -> tuple[str, str]:
     return f"{host}:{ctx.dst_port}", "udp"
 
 
+def _semi(param: str) -> str:
+    return param if not param or param.startswith(";") else ";" + param
+
+
 def record_route(ctx: Any, params: str = "") -> int:
     msg = ctx.msg
     if not msg.is_request:
         return -1
-    extra = params if not params or params.startswith(";") else ";" + params
+    extra = _semi(params) + ctx.cache.get("rr_add_params", "")
     hostport, proto = _socket_hostport(ctx)
     value = _rr_uri(ctx, hostport, proto, extra)
     msg.add_header("Record-Route", value, first=True)
+    ctx.cache["rr_added"] = value
+    _double_later(ctx, value)
+    return 1
+
+
+def _double_later(ctx: Any, value: str, old: str | None = None) -> None:
+    """(Re)register the send-time edit that doubles our Record-Route
+    ``value`` (receive.Core.fix_request -> _double_rr): the second header
+    needs the socket the request leaves by."""
     mode = int(_params(ctx).get("enable_double_rr") or 0)
-    if mode:
-        # the second header needs the socket the request leaves by: a
-        # send-time edit (receive.Core.fix_request -> _double_rr)
-        tail = value[value.index(";lr"):]
-        ctx.cache.setdefault("send_fixups", []).append(
-            ("rr", (mode, value, _rr_uri(ctx, hostport, proto, extra, True), tail)))
+    if not mode:
+        return
+    fixups = ctx.cache.setdefault("send_fixups", [])
+    if old is not None:
+        fixups[:] = [f for f in fixups if not (f[0] == "rr" and f[1][1] == old)]
+    lr = value.index(";lr")
+    fixups.append(("rr", (mode, value, value[:lr] + ";r2=on" + value[lr:], value[lr:])))
+
+
+def add_rr_param(ctx: Any, param: str) -> int:
+    """Add ``;param`` to the Record-Route URI of record_route(), called before or after it."""
+    msg = ctx.msg
+    if not msg.is_request or not param.strip(";"):
+        return -1
+    param = _semi(param.strip())
+    added = ctx.cache.get("rr_added")
+    if added is None:
+        ctx.cache["rr_add_params"] = ctx.cache.get("rr_add_params", "") + param
+        return 1
+    new = added[:-1] + param + ">" if added.endswith(">") else added + param
+    if not msg.amend_added_header("Record-Route", added, new):
+        return -1
+    ctx.cache["rr_added"] = new
+    _double_later(ctx, new, added)
     return 1
 
 
@@ -222,8 +251,14 @@ exports = Module(
                  doc="Route the request by its Route headers (RFC 3261 16.4, 16.12)."),
         Function("is_direction", is_direction, (Arg("direction", "const"),), R.REQUEST,
                  _dir_fixup, "Is the in-dialog request going downstream (from the caller)?"),
-        Function("check_route_param", check_route_param, (Arg("regex"),), R.REQUEST,
-                 doc="Do the parameters of our Route match the regular expression?"),
+        Function("check_route_param", check_route_param, (Arg("regex"),),
+                 R.REQUEST | R.FAILURE | R.BRANCH | R.ONREPLY,
+                 doc="Do the parameters of our Route match the regular expression? (After "
+                 "loose_route(); false in a route that has not run it, as a reply's.)"),
+        Function("add_rr_param", add_rr_param, (Arg("param", doc=";name=value"),),
+                 R.REQUEST | R.FAILURE | R.BRANCH | R.ONREPLY,
+                 doc="Add a parameter to the Record-Route URI of record_route() (called "
+                 "before or after it; false for a reply)."),
     ),
     mod_init=_mod_init,
 )

@@ -99,6 +99,29 @@ def has_totag(ctx: Any) -> int:
     return 1 if to is not None and to.tag else -1
 
 
+def is_first_hop(ctx: Any) -> int:
+    """Did the message come straight from the UA that sent it? A request: it
+    has one Via. A reply: the top Record-Route URI is one of our IP
+    addresses and the reply does not come from that address (a local loop);
+    false when that URI names a domain."""
+    msg = ctx.msg
+    try:
+        if msg.is_request:
+            return 1 if len(msg.vias) == 1 else -1
+        rrs = msg.record_routes
+    except ProtocolError:
+        return -1
+    if not rrs or not isinstance(rrs[0].uri, SipURI):
+        return -1
+    uri = rrs[0].uri
+    host = uri.host.strip("[]")
+    if not re.fullmatch(r"[0-9.]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", host):
+        return -1
+    if not ctx.rt.is_myself(host, uri.port or 5060):
+        return -1
+    return -1 if host == ctx.src_ip and (uri.port or 5060) == ctx.src_port else 1
+
+
 # --------------------------------------------------------------- R-URI parameters
 
 def _ruri_param(ctx: Any, name: str) -> tuple[bool, str | None]:
@@ -281,6 +304,9 @@ exports = Module(
         Function("is_uri_user_e164", is_uri_user_e164, (Arg("uri"),),
                  doc="True if the user part of the URI is an E.164 number (+ and 2-15 digits)."),
         Function("is_request", is_request, (), doc="True for a request."),
+        Function("is_first_hop", is_first_hop, (), doc="True if the message comes straight "
+                 "from its UA: a request with one Via; a reply whose top Record-Route is our "
+                 "address (not its source)."),
         Function("is_reply", is_reply, (), doc="True for a reply."),
         Function("cmp_uri", cmp_uri, (Arg("uri1"), Arg("uri2")),
                  doc="True if the URIs are equal by RFC 3261 19.1.4; -2 if one does not parse."),

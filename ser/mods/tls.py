@@ -114,10 +114,11 @@ def rpc_list(ctx: Any) -> list[dict[str, Any]]:
 
 
 def rpc_info(ctx: Any) -> dict[str, Any]:
-    conns = [f for f in _table(ctx).connections() if f.get("proto") == "tls"]
+    table = _table(ctx)
+    conns = [f for f in table.connections() if f.get("proto") == "tls"]
     values = ctx.cfg.settings.values
     return {"max_connections": int(values.get("tls_max_connections", 2048)),
-            "opened_connections": len(conns),
+            "opened_connections": table.counts()[1],
             "established": sum(1 for f in conns if f["state"] == "established"),
             "clear_text_write_queued": 0}
 
@@ -161,7 +162,10 @@ exports = Module(
               _bool_check),
         Param("server_name", str, "", "SNI name sent by ser as a client."),
         Param("config", str, "", "Profile file: [server:default], [client:default], "
-              "[server:IP:PORT], [client:IP:PORT] sections."),
+              "[server:IP:PORT], [client:IP:PORT] sections. A server section with "
+              "server_name is chosen by the client's SNI name (server_name_mode 0: exact, "
+              "1: the domain and its subdomains, 2: subdomains only); several may share "
+              "an address."),
         Param("connection_timeout", int, 600, "Accepted for Kamailio configs; ser uses "
               "tcp_connection_lifetime.", ignored=True),
         Param("tls_log", int, 3, "Accepted for Kamailio configs.", ignored=True),

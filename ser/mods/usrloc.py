@@ -74,6 +74,8 @@ _CH = struct.Struct("<ddiiIIIiB7H")
 _STR_FIELDS = ("c", "received", "path", "user_agent", "socket", "ruid", "instance")
 _EPOCH = dt.datetime(1970, 1, 1, 0, 0, 1)
 _ruid_seq = itertools.count(1)
+_pid = [f"{os.getpid():x}"]     # this process's pid in hex, renewed in a forked child
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, f"{os.getpid():x}"))
 
 
 def method_bit(method: str) -> int:
@@ -111,7 +113,7 @@ class Ucontact:
 
 
 def new_ruid() -> str:
-    return f"uloc-{int(time.time()):x}-{os.getpid():x}-{next(_ruid_seq):x}"
+    return f"uloc-{int(time.time()):x}-{_pid[0]}-{next(_ruid_seq):x}"
 
 
 def _enc(s: str) -> bytes:
@@ -698,7 +700,8 @@ exports = Module(
         Param("timer_procs", int, 0, "Timer processes (ser's timer process does the work).",
               ignored=True),
         Param("desc_time_order", int, 0, "Order contacts by time (accepted).", ignored=True),
-        Param("nat_bflag", int, -1, "Branch flag marking NATed contacts.", ignored=True),
+        Param("nat_bflag", int, -1, "Branch flag marking NATed contacts (saved with the "
+              "contact; nathelper's ping_nated_only pings only those)."),
         Param("preload", str, "", "Tables to preload (ser loads 'location').", multi=True,
               ignored=True),
     ),

@@ -29,7 +29,10 @@ aligned 8-byte store into the bucket head or the predecessor's ``next``
 field (through the arena's word views; see arena.py for why not
 ``struct.pack_into``). Deleting is the same single store, unlinking. In-place
 changes are limited to single stores too: ``incr`` rewrites an aligned
-int64, ``touch`` an aligned double. A SIGKILL can therefore leave the chain either before or
+int64, ``touch`` an aligned double, and ``set`` of a value of at most 8
+bytes over one of the same length and flags rewrites its aligned value word
+(then the expiry double: a kill between the two leaves the new value with
+the old expiry). A SIGKILL can therefore leave the chain either before or
 after the store -- the old record or the new one, never a torn one. The worst
 case is a leaked block (killed after unlinking, before freeing) or a stripe
 record counter off by one; both only cost memory or ``len()`` accuracy.
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -77,6 +81,11 @@ class Record(NamedTuple):
     value: bytes
     expires: float
     flags: int
+
+
+def _word(value: bytes) -> int:
+    """``value`` (at most 8 bytes) as the native uint64 of its zero-padded word."""
+    return int.from_bytes(value.ljust(8, b"\0"), sys.byteorder)
 
 
 def _wrap64(v: int) -> int:
@@ -239,34 +248,36 @@ class Table:
         return 0
 
     def set(self, key: bytes, value: bytes, expires: float = 0, flags: int = 0) -> None:
-        """Store ``value`` under ``key``, replacing any old record."""
+        """Store ``value`` under ``key``, replacing any old record.
+
+        A value of at most 8 bytes replacing one of the same length and
+        flags is written in place (one aligned store, then one for the
+        expiry): no allocation, no arena lock. Otherwise a new record is
+        built and linked under the bucket lock (the publish rule)."""
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError("values are bytes")
         h, s, slot = self._place(key)
-        new = self._build(key, value, h, expires, flags)
+        vl = len(value)
         old = 0
-        published = False
-        try:
-            self._locks.acquire(s)
-        except BaseException:
-            self._arena.free(new)
-            raise
+        self._locks.acquire(s)
         try:
             link, r, hdr = self._find(slot, key, h)
+            if r and hdr[4] == vl and vl <= 8 and hdr[5] == flags and self.debug_pause is None:
+                self._w[(r + _REC + ((hdr[3] + 7) & ~7)) >> 3] = _word(value)
+                if hdr[1] != expires:
+                    self._f[(r + 8) >> 3] = expires
+                return
+            new = self._build(key, value, h, expires, flags, hdr[0] if r else self._w[slot >> 3])
+            self._pause("built")
             if r:
-                self._w[new >> 3] = hdr[0]
+                self._w[link >> 3] = new
                 old = r
             else:
-                self._w[new >> 3] = self._w[slot >> 3]
-                link = slot
-            self._pause("built")
-            self._w[link >> 3] = new
-            published = True
-            if not r:
+                self._w[slot >> 3] = new
                 self._count(s, 1)
             self._pause("linked")
         finally:
             self._locks.release(s)
-            if not published:
-                self._arena.free(new)
         if old:
             self._arena.free(old)
 

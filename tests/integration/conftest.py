@@ -44,6 +44,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+def wait_udp_bound(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> None:
+    """Wait until some process (a sipp started in the background) has bound
+    UDP ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return
+        finally:
+            s.close()
+        time.sleep(0.05)
+    raise AssertionError(f"nothing bound {host}:{port} in {timeout} s")
+
+
 def shm_segments() -> set[str]:
     return {p for p in os.listdir("/dev/shm") if p.startswith("ser-")}
 

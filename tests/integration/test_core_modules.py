@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import SER, free_port, udp_exchange
+from tests.integration.conftest import BASE_CFG, SER, free_port, sip_options, udp_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -444,3 +444,28 @@ def test_ser_c_accepts_the_modules(tmp_path):
     out = subprocess.run([SER, "-c", "-f", str(cfg)], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 1 and "bad regular expression" in out.stderr, out.stderr
+
+
+CFG_PV_CFG = BASE_CFG.replace('''        sl_send_reply("200", "OK");''', '''        route(PING);
+        xlog("L_INFO", "cfgpv-main line=$cfg(line) route=$cfg(route) file=$cfg(file)\\n");
+        sl_send_reply("200", "OK");''') + '''
+route[PING] {{
+    xlog("L_INFO", "cfgpv-sub line=$cfg(line) route=$cfg(route)\\n");
+}}
+'''
+
+
+def test_cfg_pv_gives_the_line_of_the_xlog(ser_factory):
+    ser = ser_factory(CFG_PV_CFG)
+    lines = ser.cfg.read_text().splitlines()
+    main_line = next(i for i, t in enumerate(lines, 1) if "cfgpv-main" in t)
+    sub_line = next(i for i, t in enumerate(lines, 1) if "cfgpv-sub" in t)
+    raw = udp_exchange(sip_options(ser.port, branch="z9hG4bKcfgpv"), ser.port)
+    assert raw is not None and raw.startswith(b"SIP/2.0 200 "), ser.logtext()
+    want = [f"cfgpv-sub line={sub_line} route=PING",
+            f"cfgpv-main line={main_line} route=DEFAULT_ROUTE file={ser.cfg}"]
+    deadline = time.monotonic() + 5
+    while not all(w in ser.logtext() for w in want) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = ser.logtext()
+    assert all(w in log for w in want), log[-3000:]

@@ -109,13 +109,17 @@ def test_sipp_call_through_stateless_forward(ser_factory, tmp_path):
 
 
 def test_shipped_config(ser_factory):
+    """cfg/ser.cfg with no switch: keepalive OPTIONS answered, no open relay,
+    unknown local users not found (tests/integration/test_default_cfg.py has the rest)."""
     text = (ROOT / "cfg" / "ser.cfg").read_text()
     port = free_port()
-    text = text.replace("127.0.0.1:5060", f"127.0.0.1:{port}")
+    text = text.replace("#!trydef SIP_PORT 5060", f"#!trydef SIP_PORT {port}")
     ser_factory(text.replace("{", "{{").replace("}", "}}"), port=port)
-    assert udp_exchange(sip_options(port), port).startswith(b"SIP/2.0 200 OK")
-    invite = sip_options(port).replace(b"OPTIONS sip:ping@127.0.0.1", b"MESSAGE sip:a@example.org")
-    assert udp_exchange(invite, port).startswith(b"SIP/2.0 501 Not Implemented")
+    ping = sip_options(port).replace(b"OPTIONS sip:ping@127.0.0.1", b"OPTIONS sip:127.0.0.1")
+    assert udp_exchange(ping, port).startswith(b"SIP/2.0 200 Keepalive")
+    foreign = sip_options(port).replace(b"OPTIONS", b"MESSAGE") \
+        .replace(b"MESSAGE sip:ping@127.0.0.1", b"MESSAGE sip:a@example.org")
+    assert udp_exchange(foreign, port).startswith(b"SIP/2.0 403 Not relaying")
     local = sip_options(port).replace(b"OPTIONS", b"MESSAGE")
     assert udp_exchange(local, port).startswith(b"SIP/2.0 404 Not Found")
 

@@ -52,6 +52,7 @@ request_route {{
         exit;
     }}
     record_route();
+    if ($rU == "tcp") add_rr_param(";x=1");
     FOUR
     if ($rU == "tcp") $du = "sip:127.0.0.2:TCPUAS;transport=tcp";
     else $du = "sip:127.0.0.2:UDPUAS";
@@ -123,8 +124,9 @@ def test_udp_in_tcp_out_double_record_route_and_both_consumed(ser_factory, udp_p
     callee = StreamPeer(conn)
     try:
         fwd = callee.expect("INVITE ")
-        out_rr = f"<sip:127.0.0.1:{p};transport=tcp;r2=on;lr;ftag=ft1>"
-        in_rr = f"<sip:127.0.0.1:{p};r2=on;lr;ftag=ft1>"
+        # add_rr_param() after record_route() reaches both headers
+        out_rr = f"<sip:127.0.0.1:{p};transport=tcp;r2=on;lr;ftag=ft1;x=1>"
+        in_rr = f"<sip:127.0.0.1:{p};r2=on;lr;ftag=ft1;x=1>"
         # the top one faces the callee (TCP), the second the caller (UDP)
         assert _hdr(fwd, "Record-Route") == [out_rr, in_rr]
         assert re.search(rf"^Via: SIP/2.0/TCP 127\.0\.0\.1:{p};branch=", fwd, re.M)
@@ -184,7 +186,7 @@ def test_double_rr_off_keeps_one_header_across_transports(ser_factory, udp_peers
     callee = StreamPeer(conn)
     try:
         fwd = callee.expect("INVITE ")
-        assert _hdr(fwd, "Record-Route") == [f"<sip:127.0.0.1:{ser.port};lr;ftag=ft1>"]
+        assert _hdr(fwd, "Record-Route") == [f"<sip:127.0.0.1:{ser.port};lr;ftag=ft1;x=1>"]
     finally:
         callee.close()
 

@@ -9,7 +9,11 @@ defines ``DBURL`` and loads the driver.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -69,13 +73,19 @@ def _serctl(*args: str) -> str:
     return r.stdout
 
 
-def test_stock_cfg_registers_and_calls(ser_factory, tmp_path):
-    need("sipp")
+def _subscribers(tmp_path: Path) -> Path:
+    """A SQLite DB with Kamailio's tables and the subscribers alice and bob."""
     db = tmp_path / "ser.db"
     url = f"sqlite://{db}"
     _serctl("db", "init", url)
     _serctl("--db", url, "add", "alice@127.0.0.1", "alicepw")
     _serctl("--db", url, "add", "bob@127.0.0.1", "bobpw")
+    return db
+
+
+def test_stock_cfg_registers_and_calls(ser_factory, tmp_path):
+    need("sipp")
+    db = _subscribers(tmp_path)
     port = free_port()
     text = with_listen(sqlite_copy(db), port).replace("{", "{{").replace("}", "}}")
     ser = ser_factory(text, args=[*DB_SWITCHES, "-n", "2"], port=port)
@@ -119,3 +129,234 @@ def test_stock_cfg_registers_and_calls(ser_factory, tmp_path):
                      r"src_domain=127\.0\.0\.1;src_ip=127\.0\.0\.1;dst_ouser=bob;dst_user=bob",
                      log), log[-4000:]
     assert re.search(r"ACC: transaction answered: .*method=BYE;.*code=200", log), log[-4000:]
+
+
+# ---------------------------------------------------------------- WITH_NAT
+
+NAT_SWITCHES = ["-A", "WITH_NAT", *DB_SWITCHES]
+
+
+def test_stock_cfg_checks_with_nat(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(sqlite_copy(tmp_path / "ser.db"))
+    for extra in ([], ["-A", "WITH_NATSIPPING"]):
+        r = check(cfg, *NAT_SWITCHES, *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # ser has no media relay: loading rtpproxy says so on every check and start
+        assert re.search(r"WARNING: .*kamailio\.cfg:\d+: module 'rtpproxy': ser has no media "
+                         r"relay.*media \(RTP\) is NOT relayed", r.stderr), r.stderr
+
+
+class NatUA:
+    """A UA behind a "NAT": it sends from 127.0.0.x but writes 10.0.0.x in Contact and Via."""
+
+    def __init__(self, user: str, password: str, ip: str, proxy: int) -> None:
+        self.user, self.password, self.proxy = user, password, proxy
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ip, 0))
+        self.sock.settimeout(0.5)
+        self.addr = self.sock.getsockname()
+        self.private = "10.0.0.99:5060"
+        self.seen: list[str] = []     # everything received, in order
+        self.n = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, text: str) -> None:
+        self.sock.sendto(text.encode(), ("127.0.0.1", self.proxy))
+
+    def wait_for(self, pred, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65535).decode("utf-8", "replace")
+            except TimeoutError:
+                continue
+            self.seen.append(data)
+            if pred(data):
+                return data
+        raise AssertionError(f"{self.user}: nothing matching within {timeout} s; got:\n"
+                             + "\n----\n".join(self.seen[-5:]))
+
+    def request(self, method: str, ruri: str, to: str, call_id: str, auth: str = "",
+                body: str = "") -> str:
+        self.n += 1
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (f"{method} {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {self.private};branch=z9hG4bK{call_id}{self.n};rport\r\n"
+                f"Max-Forwards: 70\r\n"
+                f"From: <sip:{self.user}@127.0.0.1>;tag={self.user}tag\r\n"
+                f"To: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {self.n} {method}\r\n"
+                f"Contact: <sip:{self.user}@{self.private}>\r\n{auth}{ctype}"
+                f"Content-Length: {len(body)}\r\n\r\n{body}")
+
+    def digest(self, challenge: str, method: str, uri: str, header: str) -> str:
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+        ha1 = hashlib.md5(f"{self.user}:{params['realm']}:{self.password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
+        extra = ""
+        if "qop" in params:
+            cnonce = "0a4f113b"
+            resp = hashlib.md5(f"{ha1}:{params['nonce']}:00000001:{cnonce}:auth:{ha2}"
+                               .encode()).hexdigest()
+            extra = f', qop=auth, nc=00000001, cnonce="{cnonce}"'
+        else:
+            resp = hashlib.md5(f"{ha1}:{params['nonce']}:{ha2}".encode()).hexdigest()
+        return (f'{header}: Digest username="{self.user}", realm="{params["realm"]}", '
+                f'nonce="{params["nonce"]}", uri="{uri}", response="{resp}", '
+                f'algorithm=MD5{extra}\r\n')
+
+    def register(self) -> str:
+        ruri = "sip:127.0.0.1"
+        to = f"sip:{self.user}@127.0.0.1"
+        self.send(self.request("REGISTER", ruri, to, f"reg{self.user}"))
+        r = self.wait_for(lambda d: d.startswith("SIP/2.0 401"))
+        chal = re.search(r"^WWW-Authenticate: (.*)\r$", r, re.M).group(1)
+        self.send(self.request("REGISTER", ruri, to, f"reg{self.user}",
+                               self.digest(chal, "REGISTER", ruri, "Authorization")))
+        return self.wait_for(lambda d: d.startswith("SIP/2.0 2") or d.startswith("SIP/2.0 4"))
+
+
+def _reply_to(req: str, code: str, contact: str, to_tag: str) -> str:
+    heads = [ln for ln in req.split("\r\n\r\n")[0].split("\r\n")[1:]
+             if ln.split(":")[0].lower() in ("via", "from", "call-id", "cseq", "record-route")]
+    to = re.search(r"^To: (.*)\r$", req, re.M).group(1)
+    return (f"SIP/2.0 {code}\r\n" + "\r\n".join(heads) + f"\r\nTo: {to};tag={to_tag}\r\n"
+            f"Contact: <{contact}>\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
+    db = _subscribers(tmp_path)
+    port = free_port()
+    text = with_listen(sqlite_copy(db), port)
+    # ping every second instead of every 30, so the test sees the pings
+    text, n = re.subn(r'modparam\("nathelper", "natping_interval", 30\)',
+                      'modparam("nathelper", "natping_interval", 1)', text)
+    assert n == 1
+    ser = ser_factory(text.replace("{", "{{").replace("}", "}}"),
+                      args=[*NAT_SWITCHES, "-A", "WITH_NATSIPPING", "-n", "2"], port=port)
+    assert "media (RTP) is NOT relayed" in ser.logtext()
+    bob = NatUA("bob", "bobpw", "127.0.0.5", port)
+    alice = NatUA("alice", "alicepw", "127.0.0.6", port)
+    try:
+        ok = bob.register()
+        assert ok.startswith("SIP/2.0 200"), ok + ser.logtext()[-3000:]
+        # the registrar keeps where the REGISTER really came from (fix_nated_register)
+        recv = f"sip:{bob.addr[0]}:{bob.addr[1]}"
+        assert f'received="{recv}"' in ok, ok
+        dump = str(ser.rpc("ul.dump"))
+        assert recv in dump and "sip:bob@10.0.0.99:5060" in dump
+
+        # NAT pinging from the timer process: SIP OPTIONS (WITH_NATSIPPING) to
+        # the real address, not to the 10.0.0.99 of the Contact
+        ping = bob.wait_for(lambda d: d.startswith("OPTIONS "), timeout=10)
+        assert ping.startswith("OPTIONS sip:bob@10.0.0.99:5060 SIP/2.0\r\n")
+        assert "From: <sip:pinger@kamailio.org>;tag=" in ping
+
+        # alice (behind a NAT too) calls bob: the INVITE reaches bob's real address
+        sdp = ("v=0\r\no=alice 1 1 IN IP4 10.0.0.98\r\ns=-\r\nc=IN IP4 10.0.0.98\r\n"
+               "t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+        alice.private = "10.0.0.98:5060"
+        ruri = "sip:bob@127.0.0.1"
+        alice.send(alice.request("INVITE", ruri, ruri, "natcall", body=sdp))
+        r = alice.wait_for(lambda d: d.startswith("SIP/2.0 407"))
+        ack = alice.request("ACK", ruri, ruri, "natcall").replace(
+            f"CSeq: {alice.n} ACK", f"CSeq: {alice.n - 1} ACK").replace(
+            "natcall2;rport", "natcall1;rport")
+        to_tag = re.search(r"^To: .*;tag=([^;\r]+)", r, re.M).group(1)
+        alice.send(ack.replace(f"To: <{ruri}>", f"To: <{ruri}>;tag={to_tag}"))
+        chal = re.search(r"^Proxy-Authenticate: (.*)\r$", r, re.M).group(1)
+        alice.send(alice.request("INVITE", ruri, ruri, "natcall", body=sdp,
+                                 auth=alice.digest(chal, "INVITE", ruri, "Proxy-Authorization")))
+        inv = bob.wait_for(lambda d: d.startswith("INVITE "), timeout=10)
+        # the R-URI is bob's registered Contact; the caller's Contact got the
+        # alias of its real address (set_contact_alias, nat_uac_test found it)
+        assert inv.startswith("INVITE sip:bob@10.0.0.99:5060 SIP/2.0\r\n"), inv
+        a_addr = f"{alice.addr[0]}~{alice.addr[1]}~1"
+        assert re.search(rf"^Contact: <sip:alice@10\.0\.0\.98:5060;alias={a_addr}>\r$", inv,
+                         re.M), inv
+        assert re.search(r"^Record-Route: <sip:127\.0\.0\.1:\d+;lr", inv, re.M), inv
+        # bob answers from behind its NAT: the 200 OK's Contact gets bob's real
+        # address as alias (onreply_route: the contact's nat_bflag, is_first_hop)
+        bob.sock.sendto(_reply_to(inv, "200 OK", f"sip:bob@{bob.private}", "bobtag")
+                        .encode(), ("127.0.0.1", port))
+        ok = alice.wait_for(lambda d: d.startswith("SIP/2.0 200") and "INVITE" in d)
+        b_addr = f"{bob.addr[0]}~{bob.addr[1]}~1"
+        m = re.search(r"^Contact: <([^>]*)>\r$", ok, re.M)
+        assert m and m.group(1) == f"sip:bob@10.0.0.99:5060;alias={b_addr}", ok
+        # in-dialog: alice's ACK and BYE target that Contact through our
+        # Record-Route; handle_ruri_alias sends them to bob's real address
+        target = m.group(1)
+        route = "Route: " + ", ".join(reversed(re.findall(r"^Record-Route: (.*)\r$", ok, re.M)))
+        for method in ("ACK", "BYE"):
+            req = alice.request(method, target, ruri, "natcall")
+            req = req.replace(f"To: <{ruri}>", f"To: <{ruri}>;tag=bobtag")
+            if method == "ACK":
+                req = req.replace(f"CSeq: {alice.n} ACK", f"CSeq: {alice.n - 1} ACK")
+            alice.send(req.replace("Max-Forwards: 70\r\n", f"Max-Forwards: 70\r\n{route}\r\n"))
+            got = bob.wait_for(lambda d, m=method: d.startswith(f"{m} "), timeout=10)
+            assert got.startswith(f"{method} sip:bob@10.0.0.99:5060 SIP/2.0\r\n"), got
+        bye = got
+        bob.sock.sendto(_reply_to(bye, "200 OK", f"sip:bob@{bob.private}", "bobtag")
+                        .replace(";tag=bobtag;tag=bobtag", ";tag=bobtag").encode(),
+                        ("127.0.0.1", port))
+        alice.wait_for(lambda d: d.startswith("SIP/2.0 200") and "BYE" in d)
+    finally:
+        bob.close()
+        alice.close()
+
+
+# ---------------------------------------------------------------- WITH_JSONRPC
+
+def _http(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_stock_cfg_jsonrpc_over_http_on_the_sip_port(ser_factory):
+    port = free_port()
+    text = with_listen(STOCK.read_text(), port).replace("{", "{{").replace("}", "}}")
+    ser = ser_factory(text, args=["-A", "WITH_JSONRPC", "-n", "1"], port=port)
+    req = json.dumps({"jsonrpc": "2.0", "method": "core.version", "id": 7}).encode()
+    status, headers, body = _http(port, "POST", "/RPC", req)
+    assert status == 200, ser.logtext()[-3000:]
+    assert headers["content-type"] == "application/json"
+    assert headers.get("connection") == "close"        # set_reply_close()
+    resp = json.loads(body)
+    assert resp["id"] == 7 and resp["result"].startswith("ser "), resp
+    # a method of a module, and an unknown one
+    status, _, body = _http(port, "POST", "/RPC", json.dumps(
+        {"jsonrpc": "2.0", "method": "ul.dump", "id": 8}).encode())
+    assert status == 200 and "result" in json.loads(body)
+    status, _, body = _http(port, "POST", "/RPC", json.dumps(
+        {"jsonrpc": "2.0", "method": "no.such", "id": 9}).encode())
+    assert json.loads(body)["error"]["code"] == -32601
+    # a GET has no Content-Length: tcp_accept_no_cl lets it through; $hu is the URL
+    status, headers, body = _http(port, "GET", "/nothing/here")
+    assert status == 200 and headers["content-type"] == "text/html"
+    assert body == b"<html><body>Wrong URL /nothing/here</body></html>"
+    # the raw bytes: one HTTP/1.1 answer, then the connection is closed
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            raise AssertionError(f"connection not closed; got {data!r}")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"Wrong URL /x</body></html>")
+    # SIP on the same TCP port still goes to request_route (whose answer to
+    # sipsak's OPTIONS is this 403, from Kamailio as from ser)
+    r = subprocess.run([need("sipsak"), "-E", "tcp", "-s", f"sip:127.0.0.1:{port}", "-v"],
+                       capture_output=True, text=True, timeout=20)
+    assert "SIP/2.0 403 Not relaying" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -3,12 +3,16 @@ processes, connection reuse, keep-alives and hostile clients."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import SERCTL, free_port, need
 from .test_tls import Peer, register, reply_to, request
@@ -237,31 +241,90 @@ def test_slowloris_does_not_hold_other_clients(ser_factory):
     assert worst < 0.1, f"a normal client waited {worst * 1000:.0f} ms"
 
 
-def test_tcp_max_connections_refuses_beyond_the_limit(ser_factory):
-    # one TCP worker: the limit is shared out over the workers (each keeps at
-    # most its share), so with one the count is exact
+def _ping(p: Peer, branch: str) -> bool:
+    """True if ser answers an OPTIONS on this connection (it was accepted)."""
+    try:
+        p.send(request("OPTIONS", "sip:ping@example.com", "TCP", p.local, branch))
+        return p.expect("SIP/2.0 200", timeout=2).startswith("SIP/2.0 200")
+    except (OSError, TimeoutError, ConnectionError):
+        return False
+
+
+def _connect_until_refused(port: int, n: int, tag: str) -> tuple[list[Peer], int]:
+    """Open up to ``n`` connections one by one; (the accepted ones, refused count)."""
+    accepted, refused = [], 0
+    for i in range(n):
+        p = Peer.tcp(port)
+        if _ping(p, f"z9hG4bK{tag}{i}"):
+            accepted.append(p)
+        else:
+            refused += 1
+            p.close()
+    return accepted, refused
+
+
+def _wait_opened(ser, want: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        n = ser.rpc("core.tcp_info")["opened_connections"]
+        if n == want or time.monotonic() > deadline:
+            return n
+        time.sleep(0.1)
+
+
+def test_tcp_max_connections_is_global_over_the_workers(ser_factory):
+    # three workers race for accept(); the limit is one shared count, so the
+    # 5th connection is refused whichever worker took the first four
     ser = ser_factory(cfg().replace("tcp_connection_lifetime=600",
                                     "tcp_connection_lifetime=600\ntcp_max_connections=4")
-                      .replace("tcp_children=2", "tcp_children=1"))
-    conns = []
+                      .replace("tcp_children=2", "tcp_children=3"))
+    conns: list[Peer] = []
     try:
-        for _ in range(8):
-            conns.append(socket.create_connection(("127.0.0.1", ser.port), timeout=3))
-        time.sleep(0.5)
-        alive = 0
-        for s in conns:
-            s.settimeout(0.2)
-            try:
-                alive += s.recv(1) != b""
-            except TimeoutError:
-                alive += 1
-            except OSError:
-                pass
-        assert alive == 4
+        conns, refused = _connect_until_refused(ser.port, 6, "a")
+        assert len(conns) == 4 and refused == 2, ser.logtext()[-2000:]
+        info = ser.rpc("core.tcp_info")
+        assert info["readers"] == 3 and info["max_connections"] == 4
+        assert info["opened_connections"] == 4
+        assert "refused: limit reached" in ser.logtext()
+        # closing one frees its place: exactly one more is accepted
+        conns.pop().close()
+        assert _wait_opened(ser, 3) == 3
+        more, refused = _connect_until_refused(ser.port, 2, "b")
+        conns += more
+        assert len(more) == 1 and refused == 1
+        # the ones kept still work
+        assert all(_ping(p, f"z9hG4bKc{i}") for i, p in enumerate(conns))
     finally:
-        for s in conns:
-            s.close()
-    assert "refused: limit reached" in ser.logtext()
+        for p in conns:
+            p.close()
+
+
+def test_killed_tcp_workers_do_not_leak_their_connection_count(ser_factory):
+    ser = ser_factory(cfg().replace("tcp_connection_lifetime=600",
+                                    "tcp_connection_lifetime=600\ntcp_max_connections=3"))
+    conns: list[Peer] = []
+    try:
+        conns, refused = _connect_until_refused(ser.port, 4, "k")
+        assert len(conns) == 3 and refused == 1
+        tcp = [p for p in ser.rpc("core.psx") if p["ROLE"] == "tcp"]
+        assert len(tcp) == 2
+        for p in tcp:
+            os.kill(p["PID"], signal.SIGKILL)
+        # the connections died with their owners; the master gives their places back
+        assert _wait_opened(ser, 0) == 0, ser.logtext()[-2000:]
+        deadline = time.monotonic() + 15
+        while {p["PID"] for p in ser.rpc("core.psx") if p["ROLE"] == "tcp"} & \
+                {p["PID"] for p in tcp} or \
+                len([p for p in ser.rpc("core.psx") if p["ROLE"] == "tcp"]) < 2:
+            assert time.monotonic() < deadline, "tcp workers not re-forked"
+            time.sleep(0.1)
+        for p in conns:
+            p.close()
+        conns, refused = _connect_until_refused(ser.port, 4, "r")
+        assert len(conns) == 3 and refused == 1, ser.logtext()[-2000:]
+    finally:
+        for p in conns:
+            p.close()
 
 
 def test_connect_to_a_dead_destination_fails_cleanly(ser_factory):
@@ -284,3 +347,65 @@ def test_connect_to_a_dead_destination_fails_cleanly(ser_factory):
         assert p.expect("SIP/2.0 200")
     finally:
         p.close()
+
+
+def _alias_cfg(mode: str) -> str:
+    text = cfg()
+    if mode == "force":
+        text = text.replace('    if (is_method("REGISTER")) {{\n',
+                            '    if (is_method("REGISTER")) {{\n'
+                            '        if (!force_tcp_alias()) {{\n'
+                            '            sl_send_reply("500", "No Alias");\n'
+                            '            exit;\n'
+                            '        }}\n')
+    elif mode == "via":
+        text = text.replace("tcp_connection_lifetime=600",
+                            "tcp_connection_lifetime=600\ntcp_accept_aliases=yes")
+    return text
+
+
+@pytest.mark.parametrize("mode", ["force", "via", "via_ignored", "none"])
+def test_tcp_alias_makes_a_request_to_the_via_port_reuse_the_connection(ser_factory, mode):
+    # the UA's Via and Contact name a port it does not listen on over a new
+    # connection (the test listens there to see a connect); with the alias
+    # (force_tcp_alias(), or ;alias with tcp_accept_aliases) the INVITE to
+    # its contact comes over the UA's own connection instead
+    ser = ser_factory(_alias_cfg(mode))
+    aport = free_port()
+    trap = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    trap.bind(("127.0.0.1", aport))
+    trap.listen(4)
+    trap.settimeout(3)
+    ua = Peer.tcp(ser.port)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.settimeout(5)
+    try:
+        via_alias = ";alias" if mode.startswith("via") else ""
+        contact = f"Contact: <sip:carol@127.0.0.1:{aport};transport=tcp>\r\nExpires: 300\r\n"
+        reg = request("REGISTER", "sip:example.com", "TCP", ("127.0.0.1", aport),
+                      "z9hG4bKreg" + mode, contact, user="carol")
+        ua.send(reg.replace(b";rport\r\n", b";rport" + via_alias.encode() + b"\r\n", 1))
+        assert ua.expect("SIP/2.0 ").startswith("SIP/2.0 200"), ser.logtext()[-2000:]
+        caller.sendto(request("INVITE", "sip:carol@example.com", "UDP", caller.getsockname(),
+                              "z9hG4bKinv" + mode), ("127.0.0.1", ser.port))
+        if mode in ("none", "via_ignored"):
+            # no alias (;alias needs tcp_accept_aliases): ser connects to the Via port
+            conn, _ = trap.accept()
+            conn.close()
+            return
+        inv = ua.expect("INVITE ", timeout=5)
+        assert f"sip:carol@127.0.0.1:{aport}" in inv
+        ua.send(reply_to(inv, 486, "Busy Here"))
+        codes = []
+        while not codes or codes[-1] < 200:
+            codes.append(int(caller.recv(65536).split(b" ", 2)[1]))
+        assert codes[-1] == 486
+        assert ua.expect("ACK ").startswith("ACK ")
+        trap.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            trap.accept()
+    finally:
+        ua.close()
+        caller.close()
+        trap.close()

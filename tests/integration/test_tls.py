@@ -336,6 +336,35 @@ tcp_connection_lifetime=600"""), port)
             s.close()
 
 
+def test_tls_max_connections_is_global_and_leaves_tcp_alone(ser_factory, certs):
+    port, tport = free_port(), free_port()
+    ser = start(ser_factory, tls_cfg(certs, port, tport, globals_="""
+tcp_children=3
+tls_max_connections=2
+tcp_connection_lifetime=600""").replace("tcp_children=2\n", "", 1), port)
+    kept: list[Peer] = []
+    try:
+        refused = 0
+        for i in range(4):
+            try:
+                p = Peer.tls(tport, client_ctx(certs))
+                assert options(p, "TLS", f"z9hG4bKtm{i}").startswith("SIP/2.0 200")
+                kept.append(p)
+            except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+                refused += 1
+        assert len(kept) == 2 and refused == 2
+        info = ser.rpc("tls.info")
+        assert info["max_connections"] == 2 and info["opened_connections"] == 2
+        tcp = Peer.tcp(port)                  # TCP still has room
+        kept.append(tcp)
+        assert options(tcp, "TCP", "z9hG4bKtmtcp").startswith("SIP/2.0 200")
+        tcp_info = ser.rpc("core.tcp_info")
+        assert (tcp_info["opened_connections"], tcp_info["opened_tls_connections"]) == (3, 2)
+    finally:
+        for p in kept:
+            p.close()
+
+
 def test_seed_06_tls_runs_as_written(ser_factory, certs, tmp_path):
     """06-tls.cfg with only its paths and ports replaced: $tls_* in the log,
     both relays go out over TLS, onsend_route sees $snd(proto)==3."""
@@ -453,6 +482,72 @@ verify_certificate = no
         phone.close()
     assert {p["profile"] for p in ser.rpc("tls.options")} >= {
         "server:default", f"server:127.0.0.1:{tport}", "client:default"}
+
+
+def test_sni_selects_the_server_profile_by_server_name(ser_factory, certs, tmp_path):
+    """A client's SNI name picks the profile whose server_name matches: the
+    address's SNI sections first, then [server:default] ones; no name, or a
+    name nothing matches, gets the address's plain profile."""
+    port, tport = free_port(), free_port()
+    okey, ocert = _write(tmp_path / "other", *_issue("other.test", certs.ca_key, "ser test CA"))
+    wkey, wcert = _write(tmp_path / "wild", *_issue("wild.test", certs.ca_key, "ser test CA"))
+    cfgfile = tmp_path / "sni.cfg"
+    cfgfile.write_text(f"""
+[server:127.0.0.1:{tport}]
+certificate = {certs.server}
+private_key = {certs.server_key}
+
+[server:127.0.0.1:{tport}]
+server_name = sip.other.test
+certificate = {ocert}
+private_key = {okey}
+
+[server:default]
+server_name = wild.test
+server_name_mode = 1
+certificate = {wcert}
+private_key = {wkey}
+
+[client:default]
+verify_certificate = no
+""")
+    ser = start(ser_factory, tls_cfg(certs, port, tport,
+                                     extra_params=f'modparam("tls", "config", "{cfgfile}")'),
+                port)
+    expect = {"sip.other.test": "other.test", "SIP.Other.Test": "other.test",
+              "wild.test": "wild.test", "pbx.wild.test": "wild.test",
+              "other.test": "ser.test", "nowhere.example": "ser.test", None: "ser.test"}
+    for i, (sni, cn) in enumerate(expect.items()):
+        raw = socket.create_connection(("127.0.0.1", tport), timeout=5)
+        phone = Peer(client_ctx(certs).wrap_socket(raw, server_hostname=sni))
+        try:
+            subject = dict(x[0] for x in phone.sock.getpeercert()["subject"])
+            assert subject["commonName"] == cn, (sni, subject)
+            assert options(phone, "TLS", f"z9hG4bKsni{i}").startswith("SIP/2.0 200")
+            if sni:
+                names = {c.get("server_name") for c in ser.rpc("tls.list")}
+                assert sni in names
+        finally:
+            phone.close()
+    log = ser.logtext()
+    assert "my_cn='other.test'" in log and "my_cn='wild.test'" in log
+    assert {p["profile"] for p in ser.rpc("tls.options")} >= {
+        f"server:127.0.0.1:{tport}", f"server:127.0.0.1:{tport}/sip.other.test",
+        "server:default/wild.test"}
+
+
+def test_repeated_server_section_without_server_name_is_refused(ser_factory, certs, tmp_path):
+    port, tport = free_port(), free_port()
+    cfgfile = tmp_path / "dup.cfg"
+    cfgfile.write_text(f"[server:127.0.0.1:{tport}]\nmethod = TLSv1.2+\n"
+                       f"[server:127.0.0.1:{tport}]\nmethod = TLSv1.3\n")
+    ser = ser_factory(tls_cfg(certs, port, tport,
+                              extra_params=f'modparam("tls", "config", "{cfgfile}")'),
+                      port=port, start=False)
+    r = subprocess.run(ser.command(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"[server:127.0.0.1:{tport}] (give each server section of an address its own " \
+        "server_name) is defined twice" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("method", ["SSLv3", "TLSv1", "SSLv2", "TLSv1.0"])

@@ -236,3 +236,36 @@ def test_routes_compile_once_and_run_many_times():
     for _ in range(3):
         cfg.routes.request(Context(msg, rt))
     assert rt.vars["n"] == 3
+
+
+def test_cfg_pv_line_file_route():
+    # request_route starts on line 7 of t.cfg (HEAD has 6 lines)
+    body = ('$var(a) = $cfg(line);\n'
+            '$var(f) = $cfg(name) + "|" + $cfg(file);\n'
+            '$var(r) = $cfg(route);\n'
+            'xlog("at $cfg(line) in $cfg(route)\\n"); $var(s) = $(cfg(line){s.int}) + 1;\n'
+            'route(SUB);')
+    ctx, _ = run(body, routes='route[SUB] {\n\n    $var(b) = $cfg(line) + 0;\n'
+                 '    $var(rs) = $cfg(route);\n}\n')
+    v = ctx.rt.vars
+    assert v["a"] == 8 and isinstance(v["a"], int)
+    assert v["f"] == "t.cfg|t.cfg"
+    assert v["r"] == "DEFAULT_ROUTE"
+    assert v["s"] == 12
+    assert v["b"] == 16 and v["rs"] == "SUB"
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("failure_route[F]", "F"), ("branch_route[B]", "B"), ("onreply_route", "DEFAULT_ONREPLY"),
+    ("event_route[xhttp:request]", "xhttp:request"),
+])
+def test_cfg_pv_route_names(kind, expected):
+    from ser.core.cfg.compile import _cfg_route_name
+    name = kind.partition("[")[2].rstrip("]")
+    assert _cfg_route_name(kind.split("_")[0], name) == expected
+
+
+@pytest.mark.parametrize("pv", ["$cfg(lines)", "$cfg", "$cfg(line)[1]"])
+def test_cfg_pv_bad_name(pv):
+    cfg = check_text(HEAD + f"request_route {{\n $var(x) = {pv};\n}}\n", "t.cfg")
+    assert any("cfg" in str(e) and "t.cfg:8:" in str(e) for e in cfg.errors), cfg.errors

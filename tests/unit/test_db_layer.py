@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ser.core.db import Db, DbError, DbUnavailable, connect, parse_url
-from ser.core.db.schema import TABLES, ddl, init_db
+from ser.core.db.schema import TABLES, create_sqlite, ddl, init_db, sqlite_missing
 
 EVIL = [
     "alice'; DROP TABLE location; --",
@@ -102,3 +102,28 @@ def test_postgres_down_and_back(private_pg):
         db.query("SELECT 1")
     private_pg.start()
     assert db.query("SELECT username FROM subscriber") == [("kept",)]
+
+
+def test_sqlite_created_on_first_start(tmp_path):
+    """What the master does for a db_url at start: a missing file, then
+    missing tables, get Kamailio's schema; a complete database is left alone."""
+    url = f"sqlite://{tmp_path}/new/ser.db"
+    line, made = create_sqlite(url)
+    assert line.startswith(f"db: created {url} with Kamailio's schema (version, subscriber,")
+    assert made == [str(tmp_path / "new"), str(tmp_path / "new" / "ser.db")]
+    assert sqlite_missing(str(tmp_path / "new" / "ser.db")) == []
+    assert create_sqlite(url) is None
+    conn = connect(url)
+    conn.execute("INSERT INTO subscriber (username, domain, password) VALUES ('a', 'b', 'c')")
+    conn.script(["DROP TABLE grp", "DROP TABLE location"])
+    conn.close()
+    line, made = create_sqlite(url)
+    assert line == f"db: created the missing tables grp, location in {url}" and made == []
+    assert connect(url).query("SELECT username FROM subscriber") == [("a",)]
+
+
+def test_sqlite_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=r"cannot create the database sqlite://.*/file/ser\.db: "
+                                      r".*\(set another DBURL"):
+        create_sqlite(f"sqlite://{tmp_path}/file/ser.db")

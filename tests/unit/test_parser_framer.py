@@ -115,3 +115,16 @@ def test_whole_messages_before_a_broken_stream_are_returned_first():
     assert f.feed(head + b"OPTIONS sip:a@b SIP/2.0\r\nl: x\r\n\r\n") == [head]
     with pytest.raises(ProtocolError):
         f.feed(b"")
+
+
+def test_no_content_length_with_accept_no_cl():
+    get = b"GET /RPC HTTP/1.1\r\nHost: x\r\n\r\n"
+    with pytest.raises(ProtocolError):
+        StreamFramer().feed(get)
+    f = StreamFramer(accept_no_cl=True)
+    assert f.feed(get + get[:10]) == [get]
+    assert f.pending == 10
+    msg = parse_message(get)
+    assert msg.http_version == "HTTP/1.1" and msg.method == "GET" and msg.ruri == "/RPC"
+    assert parse_message(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n") \
+        .http_version is None

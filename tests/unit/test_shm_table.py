@@ -81,6 +81,29 @@ def test_deleted_and_replaced_records_are_reused(shm):
     assert shm.usage()["used"] == before
 
 
+def test_short_value_of_the_same_length_is_rewritten_in_place():
+    """No allocation: it works even when the arena is full."""
+    clock = FakeClock()
+    with temp_shm(1 << 20, max_procs=2, max_counters=4, clock=clock) as shm:
+        t = shm.create_table("inplace", 4)
+        t.set(b"ip", b"OPTIONS", expires=1010.0, flags=1)
+        for size in (200, 20, 0):  # fill every block size down to the smallest
+            with pytest.raises(ShmFull):
+                for i in range(100_000):
+                    t.set(b"f%d-%d" % (size, i), b"x" * size)
+        t.set(b"ip", b"INVITES", expires=1020.0, flags=1)
+        assert t.get_record(b"ip") == (b"ip", b"INVITES", 1020.0, 1)
+        clock.now = 1015.0
+        assert t.get(b"ip") == b"INVITES"
+        t.set(b"ip", b"\0" * 7, expires=0, flags=1)
+        assert t.get_record(b"ip") == (b"ip", b"\0" * 7, 0.0, 1)
+        # another length or other flags needs a new record: full, the old one stays
+        for value, flags in ((b"BYE", 1), (b"12345678", 2)):
+            with pytest.raises(ShmFull):
+                t.set(b"ip", value, flags=flags)
+            assert t.get_record(b"ip") == (b"ip", b"\0" * 7, 0.0, 1)
+
+
 def test_add_only_when_absent(shm):
     t = shm.create_table("add", 4)
     assert t.add(b"a", b"1")

@@ -108,3 +108,18 @@ def test_db_only_mode(tmp_path):
     other.delete_aor("location", "carol")
     assert ul.get("location", "carol") == []
     assert os.path.exists(f"{tmp_path}/ul3.db")
+
+
+def test_ruids_differ_between_forked_workers():
+    """The pid part is renewed after fork: two workers never make the same ruid."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, new_ruid().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 200).decode()
+    os.waitpid(pid, 0)
+    mine = new_ruid()
+    assert child.split("-")[2] == f"{pid:x}"
+    assert mine.split("-")[2] == f"{os.getpid():x}"

@@ -310,6 +310,7 @@ class Compiler:
             self.stop = "raise EXIT" if r.kind == "route" and r.name else "return 0"
             self.uses[key] = []
             self.calls[key] = set()
+            self.resolver.route = _cfg_route_name(r.kind, r.name)
             self.emit(0, f"def {self.route_names[key]}(ctx):")
             self.block(r.body, 1)
             self.emit(1, "return 1")
@@ -757,6 +758,18 @@ def _route_label(kind: str, name: str) -> str:
             "onreply": "onreply_route", "reply": "reply_route", "branch": "branch_route",
             "onsend": "onsend_route", "event": "event_route"}[kind]
     return f"{base}[{name}]" if name else base
+
+
+_DEFAULT_ROUTE_NAMES = {
+    "request": "DEFAULT_ROUTE", "onreply": "DEFAULT_ONREPLY", "reply": "DEFAULT_ONREPLY",
+    "failure": "DEFAULT_FAILURE", "branch": "DEFAULT_BRANCH", "onsend": "DEFAULT_SEND",
+    "event": "DEFAULT_EVENT", "route": "DEFAULT_ROUTE",
+}
+
+
+def _cfg_route_name(kind: str, name: str) -> str:
+    """The route block name $cfg(route) gives, as Kamailio names them."""
+    return name or _DEFAULT_ROUTE_NAMES[kind]
 
 
 def compile_script(script: ast.Script, modules: list[Module], resolver: PVResolver,

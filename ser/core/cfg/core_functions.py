@@ -86,6 +86,27 @@ def isdsturiset(ctx: Any) -> int:
     return 1 if ctx.dst_uri else -1
 
 
+def force_tcp_alias(ctx: Any, port: int = 0) -> int:
+    """Make ``port`` of the sender (default: its top Via port) reach it over the
+    stream connection this request came in on, so that a later request to
+    that address reuses the connection instead of opening a new one."""
+    rcv = ctx.rcv
+    if rcv is None or rcv.conn is None or rcv.proto not in ("tcp", "tls"):
+        return -1
+    if not port:
+        via = getattr(ctx.msg, "via", None)
+        port = via.port if via is not None and via.port else (5061 if rcv.proto == "tls"
+                                                                else 5060)
+    if not 0 < port < 65536:
+        return -1
+    core = ctx.rt.core
+    alias = getattr(core, "tcp_alias", None) if core is not None else None
+    if alias is None:
+        return -1
+    alias(rcv.conn, port)
+    return 1
+
+
 _flag = (Arg("flag", "int"),)
 _bflag = (Arg("flag", "int"), Arg("branch", "int", optional=True))
 
@@ -110,6 +131,12 @@ exports = Module(
         _option("set_forward_no_connect", "Do not open a new connection to forward."),
         _option("set_reply_close", "Close the connection after sending the reply."),
         _option("set_forward_close", "Close the connection after forwarding."),
+        Function("force_tcp_alias", force_tcp_alias, (Arg("port", "int", optional=True),),
+                 routes=R.REQUEST | R.FAILURE | R.BRANCH,
+                 doc="Let the sender's port (default: its top Via port) reach it over the "
+                     "TCP/TLS connection the request came in on; false on other transports."),
+        Function("add_tcp_alias", force_tcp_alias, (Arg("port", "int", optional=True),),
+                 routes=R.REQUEST | R.FAILURE | R.BRANCH, doc="Same as force_tcp_alias."),
         Function("forward", forward, (Arg("host", optional=True),
                                       Arg("port", "int", optional=True)),
                  routes=R.REQUEST | R.FAILURE | R.ONREPLY | R.BRANCH,

@@ -77,7 +77,8 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
        "1 on, 2 on if available."),
     _d("disable_sctp", "bool", True, "Disable SCTP transport."),
     _d("tcp_connection_lifetime", "int", 120, "Idle TCP connection lifetime, seconds."),
-    _d("tcp_max_connections", "int", 2048, "Maximum open TCP connections."),
+    _d("tcp_max_connections", "int", 2048, "Maximum open stream connections "
+       "(TCP and TLS, accepted and opened), counted over all TCP workers together."),
     _d("tcp_connect_timeout", "int", 10, "TCP connect timeout, seconds."),
     _d("tcp_send_timeout", "int", 10, "TCP send timeout, seconds."),
     _d("tcp_msg_read_timeout", "int", 20, "Seconds a TCP connection may take to send one "
@@ -87,10 +88,13 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("tcp_max_message_size", "int", 65535, "Largest SIP message accepted on a stream; a "
        "larger one closes the connection (ser only)."),
     _d("tcp_accept_aliases", "bool", False, "Honour the alias Via parameter."),
+    _d("tcp_accept_no_cl", "bool", False, "Accept stream messages without Content-Length "
+       "(HTTP requests for xhttp)."),
     _d("tcp_rd_buf_size", "int", 65536, "Bytes read from a TCP connection at once."),
     _d("tcp_async", "bool", True, "Write TCP data asynchronously."),
     _d("tcp_keepalive", "bool", True, "Enable TCP keepalive."),
-    _d("tls_max_connections", "int", 2048, "Maximum open TLS connections."),
+    _d("tls_max_connections", "int", 2048, "Maximum open TLS connections, counted "
+       "over all TCP workers together."),
     _d("server_header", "str", "Server: ser", "Server header added to local replies."),
     _d("user_agent_header", "str", "User-Agent: ser", "User-Agent header of local requests."),
     _d("server_signature", "bool", True, "Add the Server header to local replies."),

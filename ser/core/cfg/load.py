@@ -105,6 +105,8 @@ def _finish(pp: Preprocessor, res: object, path: str, extra_modules: list[Module
             continue
         cfg.modules[name] = ModuleInstance(decl, lm.pos)
         decls.append(decl)
+        if decl.warning:
+            cfg.warnings.append(f"{lm.pos[0]}:{lm.pos[1]}: module '{name}': {decl.warning}")
     for mod in extra_modules or ():
         if mod.name not in cfg.modules:
             cfg.modules[mod.name] = ModuleInstance(mod, ("<builtin>", 0, 0))
@@ -168,6 +170,7 @@ def _modparams(script: ast.Script, cfg: Config, errors: list[CfgError],
                 inst.params[param.name].append(mp.value)
             else:
                 inst.params[param.name] = mp.value
+            inst.set_params.add(param.name)
     if ignored:
         cfg.warnings.append("module parameters without meaning in ser, ignored: "
                             + ", ".join(ignored))

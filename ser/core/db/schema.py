@@ -9,6 +9,7 @@ and writes the ``version`` rows; running it twice changes nothing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,3 +156,53 @@ def init_db(db: Any, tables: tuple[Table, ...] = TABLES) -> list[str]:
 def ensure_table(db: Any, table: Table, name: str) -> None:
     """Create one table under another name (a private copy, e.g. for tests)."""
     db.script(ddl(table, db.engine, name))
+
+
+def sqlite_missing(path: str) -> list[str]:
+    """The tables of ``TABLES`` that the SQLite file at ``path`` lacks (all of
+    them when the file does not exist); the file is only read."""
+    import sqlite3
+    if not os.path.exists(path):
+        return [t.name for t in TABLES]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []      # not ours to repair: the driver reports it on first use
+    return [t.name for t in TABLES if t.name not in have]
+
+
+def create_sqlite(url: str) -> tuple[str, list[str]] | None:
+    """On first start: when the SQLite file of ``url`` or some of Kamailio's
+    tables in it do not exist, create them (and the file's directory) as
+    ``serctl db init`` does. Returns (what to log, the paths made) or None
+    when there was nothing to do; OSError when they cannot be made."""
+    from ser.core.db import DbError, connect, parse_url
+    u = parse_url(url)
+    path = u.database
+    missing = sqlite_missing(path)
+    if not missing:
+        return None
+    made = []
+    d = os.path.dirname(path)
+    try:
+        if d and not os.path.isdir(d):
+            os.makedirs(d)
+            made.append(d)
+        existed = os.path.exists(path)
+        conn = connect(u)
+        try:
+            init_db(conn)
+        finally:
+            conn.close()
+    except (OSError, DbError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise OSError(f"cannot create the database {u.redacted()}: {why} (set another "
+                      f"DBURL, or create it with `serctl db init URL`)") from None
+    if not existed:
+        made.append(path)
+        return f"db: created {u.redacted()} with Kamailio's schema ({', '.join(missing)})", made
+    return f"db: created the missing tables {', '.join(missing)} in {u.redacted()}", made

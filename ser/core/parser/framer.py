@@ -5,6 +5,9 @@ when its header block has ended and Content-Length bytes of body follow
 (RFC 3261 18.3: Content-Length is mandatory on a stream). CRLF keep-alives
 between messages (RFC 5626 3.5.1) are consumed: each double CRLF "ping" is
 counted in ``pings`` so the transport can answer it with a CRLF "pong".
+With ``accept_no_cl`` (Kamailio's ``tcp_accept_no_cl``, for HTTP requests
+such as a GET on the SIP port) a header block without Content-Length is a
+whole message with no body.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ _CL = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$
 class StreamFramer:
     """Feed bytes in any chunking; get whole messages out, in order."""
 
-    __slots__ = ("buf", "max_size", "pings", "_error")
+    __slots__ = ("buf", "max_size", "pings", "_error", "accept_no_cl")
 
-    def __init__(self, max_size: int = 65535) -> None:
+    def __init__(self, max_size: int = 65535, accept_no_cl: bool = False) -> None:
         self.buf = bytearray()
         self.max_size = max_size
+        self.accept_no_cl = accept_no_cl
         self.pings = 0
         self._error: ProtocolError | None = None
 
@@ -60,7 +64,7 @@ class StreamFramer:
                 if len(buf) > self.max_size:
                     raise ProtocolError(513, "Message Too Large (header block)")
                 break
-            cl = self._content_length(bytes(buf[:end]))
+            cl = self._content_length(bytes(buf[:end]), self.accept_no_cl)
             total = end + sep + cl
             if total > self.max_size:
                 raise ProtocolError(513, "Message Too Large")
@@ -82,9 +86,11 @@ class StreamFramer:
         return True
 
     @staticmethod
-    def _content_length(head: bytes) -> int:
+    def _content_length(head: bytes, accept_no_cl: bool = False) -> int:
         found = _CL.findall(head)
         if not found:
+            if accept_no_cl:
+                return 0
             raise ProtocolError(400, "missing Content-Length on a stream transport")
         values = {v.strip() for v in found}
         if len(values) != 1:

@@ -119,6 +119,12 @@ class SipMessage:
     def count(self, name: str) -> int:
         return self._keys.count(_canon_get(name) or canonical_name(name))
 
+    @property
+    def http_version(self) -> str | None:
+        """"HTTP/1.1" or "HTTP/1.0" for an HTTP request, None for SIP."""
+        v: str | None = self._cache.get("http_version")
+        return v
+
     # -- typed headers, parsed on first access -------------------------------
     def _one(self, key: str, parse: Callable[[str], Any]) -> Any:
         try:
@@ -241,6 +247,18 @@ class SipMessage:
         """Append a header (or insert it before all others with ``first``)."""
         _check_header_text(name, value)
         self._edit("add", name, value, first)
+
+    def amend_added_header(self, name: str, old: str, new: str) -> bool:
+        """Change the value of a header an earlier ``add_header`` added (the
+        newest with value ``old``); False if there is none."""
+        _check_header_text(name, new)
+        key = canonical_name(name)
+        for i in range(len(self._edits or ()) - 1, -1, -1):
+            op = self._edits[i]     # type: ignore[index]
+            if op[0] == "add" and canonical_name(op[1]) == key and op[2] == old:
+                self._edits[i] = ("add", op[1], new, op[3])     # type: ignore[index]
+                return True
+        return False
 
     def remove_header(self, name: str) -> int:
         """Remove every header of this name; returns how many there were."""
@@ -480,7 +498,11 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
     method, ruri, version = parts
     if method not in _METHODS and not abnf.METHOD.fullmatch(method):
         raise ProtocolError(None, "bad request method")
-    if version != "SIP/2.0":
+    if version in ("HTTP/1.1", "HTTP/1.0"):
+        # an HTTP request on a SIP stream port (Kamailio's xhttp): the core
+        # hands it to event_route[xhttp:request], never to request_route
+        msg._cache["http_version"] = version
+    elif version != "SIP/2.0":
         if not abnf.SIP_VERSION.fullmatch(version):
             raise ProtocolError(400, "bad SIP version")
         if version.upper() != "SIP/2.0":

@@ -700,6 +700,8 @@ class Engine:
                 ctx.cache["tm_branch"] = idx
                 ctx.flags = txn0.mflags
                 ctx.avps = txn0.avps
+                if 0 <= idx < len(txn0.branches):
+                    ctx.bflags = txn0.branches[idx].bflags
                 self.routes.run("onreply", txn0.on_reply, ctx)
                 if ctx.dropped and code < 200:
                     return True
