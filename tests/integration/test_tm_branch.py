@@ -118,13 +118,20 @@ def _hdr(msg: str, name: str) -> list[str]:
     return re.findall(rf"^{name}: (.*)\r$", msg, re.M | re.I)
 
 
-# --------------------------------------------------------------- branch_route
-def test_branch_route_edits_and_drops_one_branch_each(net):
-    ser, uac, uas1, uas2 = net()
-    inv = invite(uac, ser.port, user="branch", callid="br1")
+def _forked(ser, uac: Peer, uas1: Peer, uas2: Peer, user: str, callid: str) -> tuple:
+    """An INVITE forked to both callees: (the INVITE sent, what each got and
+    where from)."""
+    inv = invite(uac, ser.port, user=user, callid=callid)
     uac.send(inv, ("127.0.0.1", ser.port))
     fwd1, addr1 = uas1.expect("INVITE ")
     fwd2, addr2 = uas2.expect("INVITE ")
+    return inv, fwd1, addr1, fwd2, addr2
+
+
+# --------------------------------------------------------------- branch_route
+def test_branch_route_edits_and_drops_one_branch_each(net):
+    ser, uac, uas1, uas2 = net()
+    inv, fwd1, addr1, fwd2, addr2 = _forked(ser, uac, uas1, uas2, "branch", "br1")
     # each branch carries its own header, set by branch_route for it alone
     assert _hdr(fwd1, "X-Branch") == [f"0 sip:branch@127.0.0.1:{ser.port}"]
     assert _hdr(fwd2, "X-Branch") == [f"1 sip:two@127.0.0.3:{uas2.port}"]
@@ -273,10 +280,7 @@ def _challenge(fwd: str, code: int, hdr: str, tag: str) -> str:
 
 def test_challenges_of_two_branches_are_merged(net):
     ser, uac, uas1, uas2 = net()
-    inv = invite(uac, ser.port, user="fork", callid="auth1")
-    uac.send(inv, ("127.0.0.1", ser.port))
-    fwd1, addr1 = uas1.expect("INVITE ")
-    fwd2, addr2 = uas2.expect("INVITE ")
+    inv, fwd1, addr1, fwd2, addr2 = _forked(ser, uac, uas1, uas2, "fork", "auth1")
     www = 'WWW-Authenticate: Digest realm="one.example", nonce="n1"'
     proxy = 'Proxy-Authenticate: Digest realm="two.example", nonce="n2"'
     uas1.send(_challenge(fwd1, 401, www, "tt1"), addr1)
@@ -293,10 +297,7 @@ def test_challenges_of_two_branches_are_merged(net):
 
 def test_6xx_cancels_the_other_branches_and_wins(net):
     ser, uac, uas1, uas2 = net()
-    inv = invite(uac, ser.port, user="fork", callid="g603")
-    uac.send(inv, ("127.0.0.1", ser.port))
-    fwd1, addr1 = uas1.expect("INVITE ")
-    fwd2, addr2 = uas2.expect("INVITE ")
+    inv, fwd1, addr1, fwd2, addr2 = _forked(ser, uac, uas1, uas2, "fork", "g603")
     uas2.send(reply_to(fwd2, 180, "Ringing", tag="tt2"), addr2)
     uac.expect("SIP/2.0 180")
     uas1.send(reply_to(fwd1, 603, "Decline"), addr1)
@@ -389,10 +390,7 @@ def test_tm_list_over_serctl(net):
 def test_t_cancel_branches_from_onreply_route(net, which):
     """tmx t_cancel_branches() on the 183 of the first branch."""
     ser, uac, uas1, uas2 = net()
-    inv = invite(uac, ser.port, user=which, callid=f"cut{which}")
-    uac.send(inv, ("127.0.0.1", ser.port))
-    fwd1, addr1 = uas1.expect("INVITE ")
-    fwd2, addr2 = uas2.expect("INVITE ")
+    inv, fwd1, addr1, fwd2, addr2 = _forked(ser, uac, uas1, uas2, which, f"cut{which}")
     uas2.send(reply_to(fwd2, 180, "Ringing", tag="tt2"), addr2)
     uac.expect("SIP/2.0 180")
     uas1.send(reply_to(fwd1, 183, "Session Progress"), addr1)
