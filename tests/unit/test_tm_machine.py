@@ -139,3 +139,20 @@ def test_record_round_trip_and_branch_request():
     req = branch_request(back, back.branches[0])
     assert req.startswith(b"INVITE sip:bob@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9")
     assert parse_message(req).vias[1].branch == "z9hG4bKabc"
+
+
+def test_a_branch_with_its_own_request_and_send_time_edits_round_trips():
+    t = Txn(b"k", "INVITE", 1.0, INV, ("udp", "10.0.0.1", 5060, 0), ("udp", "10.0.0.1", 5060, 0))
+    own = INV.replace(b"\r\n\r\n", b"\r\nX-Branch: 1\r\n\r\n", 1)
+    t.branches.append(Branch("sip:bob@10.0.0.2", "udp", "10.0.0.2", 5060, 1,
+                             "SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKx.0", req=own))
+    t.branches.append(Branch("sip:carol@10.0.0.3", "udp", "10.0.0.3", 5060, 0,
+                             "SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKx.1"))
+    t.branches[0].cancel, t.branches[0].cancel_at = 2, 7.5
+    t.fixups = [("rr", (1, "<sip:a;lr>", "<sip:a;r2=on;lr>", ";lr>"))]
+    t.fsock = 1
+    back = Txn.decode(t.encode())
+    assert (back.fixups, back.fsock) == (t.fixups, 1)
+    assert back.branches[0].cancel_at == 7.5 and back.next_due() == 7.5
+    assert parse_message(branch_request(back, back.branches[0])).header("x-branch") == "1"
+    assert parse_message(branch_request(back, back.branches[1])).header("x-branch") is None
