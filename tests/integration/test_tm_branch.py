@@ -65,6 +65,10 @@ branch_route[PER] {{
     if ($rU == "drop") drop;
     append_hf("X-Branch: $T_branch_idx $ru\\r\\n");
     if (t_is_branch_route()) append_hf("X-In-Branch-Route: yes\\r\\n");
+    if ($rU == "two") t_on_reply("MARK");
+}}
+onreply_route[MARK] {{
+    append_hf("X-Reply-Route: MARK\\r\\n");
 }}
 onreply_route[OTHERS] {{
     if (t_check_status("183")) t_cancel_branches("others");
@@ -145,7 +149,8 @@ def test_branch_route_edits_and_drops_one_branch_each(net):
     # the dropped branch (sip:drop@ to callee 1) never left
     assert not [m for m in uas1.drain(0.3) if m.startswith("INVITE sip:drop@")]
     uas2.send(reply_to(fwd2, 180, "Ringing", tag="tt2"), addr2)
-    uac.expect("SIP/2.0 180")
+    ringing, _ = uac.expect("SIP/2.0 180")
+    assert _hdr(ringing, "X-Reply-Route") == ["MARK"]       # t_on_reply() in branch_route
     uas1.send(reply_to(fwd1, 200, "OK"), addr1)
     ok, _ = uac.expect("SIP/2.0 200")
     assert "tag=tt1" in ok

@@ -503,7 +503,8 @@ exports = Module(
         Function("t_on_branch", _route_setter("t_on_branch"), _route, _REQ_FAIL,
                  doc="branch_route to run for each new branch of the transaction (also "
                      "those added in failure_route): it edits that branch's request, $ru "
-                     "and $du only; drop there discards that branch alone."),
+                     "and $du only (t_on_reply/t_on_failure there set the transaction's); "
+                     "drop there discards that branch alone."),
         Function("t_check_status", t_check_status, (Arg("regex"),),
                  R.FAILURE | R.ONREPLY | R.REQUEST | R.BRANCH,
                  doc="Does the reply code match the regular expression?"),

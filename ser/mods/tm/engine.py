@@ -453,11 +453,13 @@ class Engine:
             if key is None:
                 return -1
             tid = txn_id(key)
-            txn = self._new(ctx, key, now)
-            txn.request = self._base(ctx)
-            prepared = self._branch_routes(ctx, tid, txn.request, 0, targets, txn.on_branch)
+            base = self._base(ctx)
+            prepared = self._branch_routes(ctx, tid, base, 0, targets,
+                                           ctx.cache.get("t_on_branch", ""))
             if not prepared:
                 return -1
+            txn = self._new(ctx, key, now)
+            txn.request = base
             out: Out = []
             if txn.invite and self.auto_100:
                 raw = self._reply_bytes(ctx, tid, 100, self.reason_100)
@@ -527,6 +529,10 @@ class Engine:
             if bctx.dropped:
                 log.debug("tm: branch_route[%s] dropped the branch to %s", route, uri)
                 continue
+            for key in ("t_on_reply", "t_on_failure"):
+                # set in branch_route: ser keeps one per transaction
+                if bctx.cache.get(key) != ctx.cache.get(key):
+                    ctx.cache[key] = bctx.cache[key]
             msg = bctx.msg
             own = msg.serialize() if msg.changed else b""
             kept.append((bctx.ruri or uri, bctx.dst_uri or "", bctx.bflags, own,
