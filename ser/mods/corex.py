@@ -194,8 +194,8 @@ exports = Module(
                  doc="Handle the message as received on another local socket "
                      "(proto:addr:port): its replies leave from it."),
         Function("set_send_socket", set_send_socket, (Arg("saddr"),),
-                 doc="The local socket (proto:addr:port) to send from; send_udp() uses it, "
-                     "the core forward() does not yet."),
+                 doc="The local socket (proto:addr:port) to send from: send_udp(), the "
+                     "core forward() and tm's branches (kept for failure_route) use it."),
         Function("is_socket_name", is_socket_name, (Arg("sockname"),),
                  doc="True if a listen socket has this name."),
         Function("append_branch", append_branch,

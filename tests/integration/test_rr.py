@@ -74,7 +74,14 @@ def _two_udp_cfg(udp_uas: int) -> str:
             .replace('loadmodule "sl.so"', 'loadmodule "sl.so"\nloadmodule "corex.so"')
             .replace("FOUR", 'if ($rU == "four") set_send_socket("udp:127.0.0.4:{port}");\n'
                      f'    if ($rU == "stateless") {{{{ $du = "sip:127.0.0.2:{udp_uas}"; '
-                     'forward(); exit; }}'))
+                     'forward(); exit; }}\n'
+                     '    if ($rU == "retry") t_on_failure("RETRY");\n'
+                     '    if ($rU == "again") {{ set_send_socket("udp:127.0.0.4:{port}"); '
+                     't_on_failure("AGAIN"); }}')
+            + 'failure_route[RETRY] {{\n    set_send_socket("udp:127.0.0.4:{port}");\n'
+              f'    $du = "sip:127.0.0.2:{udp_uas}";\n    t_relay();\n}}}}\n'
+              f'failure_route[AGAIN] {{{{\n    $du = "sip:127.0.0.2:{udp_uas}";\n'
+              '    t_relay();\n}}\n')
 
 
 def _hdr(msg: str, name: str) -> list[str]:
@@ -271,3 +278,28 @@ def test_two_listen_addresses_double_record_route(ser_factory, udp_peers, to, us
                         f"two{user}", 2), (leaves, p))
     bye, _ = uac.expect("BYE ")
     assert _hdr(bye, "Route") == [] and _hdr(bye, "X-Dir") == ["up"]
+
+
+@pytest.mark.parametrize("user", ["retry", "again"])
+def test_double_record_route_on_a_branch_added_in_failure_route(ser_factory, udp_peers,
+                                                                 user):
+    """retry: the first branch leaves by the socket it came in on (one
+    header), the failure_route sends the next one out of the other address
+    (two); again: set_send_socket() in request_route holds for both."""
+    uac, uas = udp_peers("127.0.0.1"), udp_peers("127.0.0.2")
+    ser = ser_factory(_two_udp_cfg(uas.port))
+    p = ser.port
+    uac.send(invite(uac, p, user=user, callid=f"{user}1"), ("127.0.0.1", p))
+    fwd, addr = uas.expect("INVITE ")
+    if user == "retry":
+        assert addr == ("127.0.0.1", p)
+        assert _hdr(fwd, "Record-Route") == [f"<sip:127.0.0.1:{p};lr;ftag=ft1>"]
+    else:
+        assert addr == ("127.0.0.4", p)
+        assert len(_hdr(fwd, "Record-Route")) == 2
+    uas.send(reply_to(fwd, 486, "Busy Here"), addr)
+    uas.expect("ACK ")
+    again, addr2 = uas.expect("INVITE ")
+    assert addr2 == ("127.0.0.4", p)
+    assert _hdr(again, "Record-Route") == [f"<sip:127.0.0.4:{p};r2=on;lr;ftag=ft1>",
+                                           f"<sip:127.0.0.1:{p};r2=on;lr;ftag=ft1>"]
