@@ -139,6 +139,21 @@ class Timer:
 
 
 @dataclass(frozen=True)
+class ActionSite:
+    """Where a script action is written, for a module's action hook: the route
+    block (Kamailio's names: DEFAULT_ROUTE, REQINIT, ...), file, line and the
+    action's name (a function's name, ``if``, ``assign``, ``return``...)."""
+    route: str
+    file: str
+    line: int
+    name: str
+
+
+# a function run before every script action: ``hook(ctx, site)``
+ActionHook = Callable[[Any, ActionSite], None]
+
+
+@dataclass(frozen=True)
 class Module:
     name: str
     doc: str = ""
@@ -154,6 +169,10 @@ class Module:
     # what an operator must know whenever the module is loaded (a Kamailio
     # module that ser only partly has): printed by ``ser -c`` and at start-up
     warning: str = ""
+    # called once after the modparams: the hook the compiler calls before every
+    # script action (the debugger's cfgtrace), or None; the code compiled for a
+    # script whose modules give no hook has no such calls
+    action_hook: Callable[[ModuleInstance], ActionHook | None] | None = None
 
     def function(self, name: str) -> Function | None:
         for f in self.functions:

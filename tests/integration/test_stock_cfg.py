@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SER, free_port, need
+from tests.integration.conftest import SER, free_port, need, sip_options, udp_exchange
 
 STOCK = Path("/etc/kamailio/kamailio.cfg")
 SCEN = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
@@ -360,3 +360,85 @@ def test_stock_cfg_jsonrpc_over_http_on_the_sip_port(ser_factory):
     r = subprocess.run([need("sipsak"), "-E", "tcp", "-s", f"sip:127.0.0.1:{port}", "-v"],
                        capture_output=True, text=True, timeout=20)
     assert "SIP/2.0 403 Not relaying" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- WITH_DEBUG
+
+def test_stock_cfg_checks_with_debug(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(sqlite_copy(tmp_path / "ser.db"))
+    for extra in ([], DB_SWITCHES):
+        r = check(cfg, "-A", "WITH_DEBUG", *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "debugger" not in r.stderr, r.stderr       # no parameter of it is ignored
+
+
+def _line_of(text: str, after: str, statement: str) -> int:
+    """The line number of the first ``statement`` after the line ``after``."""
+    lines = text.splitlines()
+    start = lines.index(after)
+    return next(i + 1 for i in range(start, len(lines)) if lines[i].strip() == statement)
+
+
+def test_stock_cfg_debug_traces_every_action_with_its_line(ser_factory):
+    port = free_port()
+    text = STOCK.read_text()
+    # one listen line for the commented one: the line numbers stay the stock file's
+    run, n = re.subn(r"^# listen=udp:10\.0\.0\.10:5060$", f"listen=udp:127.0.0.1:{port}",
+                     text, flags=re.M)
+    assert n == 1
+    ser = ser_factory(run.replace("{", "{{").replace("}", "}}"),
+                      args=["-A", "WITH_DEBUG", "-n", "1"], port=port)
+    def options(branch: str) -> bytes:      # to the server itself: REQINIT's keepalive
+        return sip_options(port, branch=branch).replace(b"sip:ping@", b"sip:")
+
+    reply = udp_exchange(options("z9hG4bKtest1"), port)
+    assert reply and reply.startswith(b"SIP/2.0 200 Keepalive"), reply
+    cfg = str(ser.cfg)
+
+    def trace(route: str, line: int, name: str) -> str:
+        return (rf"exec: \*\*\* cfgtrace:request_route=\[{route}\] c=\[{re.escape(cfg)}\] "
+                rf"l={line} n={name}$")
+
+    reqinit = "route[REQINIT] {"
+    want = [
+        trace("DEFAULT_ROUTE", _line_of(text, "request_route {", "route(REQINIT);"), "route"),
+        trace("REQINIT", _line_of(text, reqinit, "set_reply_no_connect();"),
+              "set_reply_no_connect"),
+        trace("REQINIT", _line_of(text, reqinit, "force_rport();"), "force_rport"),
+        trace("REQINIT", _line_of(text, reqinit, 'if (!mf_process_maxfwd_header("10")) {'),
+              "mf_process_maxfwd_header"),
+        trace("REQINIT", _line_of(text, reqinit, 'sl_send_reply("200","Keepalive");'),
+              "sl_send_reply"),
+        trace("REQINIT", _line_of(text, reqinit, 'sl_send_reply("200","Keepalive");') + 1,
+              "exit"),
+    ]
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]
+        if len(lines) >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # in the order they ran, every one of them (ifs and their conditions between)
+    i = 0
+    for ln in lines:
+        if i < len(want) and re.search(want[i], ln):
+            i += 1
+    assert i == len(want), f"missing {want[i] if i < len(want) else ''}\n" + "\n".join(lines)
+    assert lines[-1].endswith(" n=exit"), lines[-1]
+
+    # dbg.trace off in every process: the next request leaves no line
+    assert ser.rpc("dbg.trace", "off") == "200 ok"
+    assert all(p["set"] == 0 for p in ser.rpc("dbg.ls"))
+    udp_exchange(options("z9hG4bKtest2"), port)
+    assert len([ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]) == len(lines)
+    # on for one process only (the UDP receiver), as dbg.ls shows
+    procs = ser.rpc("dbg.ls")
+    pid = next(p["PID"] for p in ser.rpc("core.ps") if str(p["DSC"]).startswith("receiver"))
+    ser.rpc("dbg.trace", "on", pid)
+    assert [p["pid"] for p in ser.rpc("dbg.ls") if p["set"]] == [pid], procs
+    udp_exchange(options("z9hG4bKtest3"), port)
+    deadline = time.monotonic() + 10
+    while len([ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]) == len(lines):
+        assert time.monotonic() < deadline, ser.logtext()[-3000:]
+        time.sleep(0.2)

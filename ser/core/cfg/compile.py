@@ -7,7 +7,10 @@ Python source: one ``def`` per route. The source is ``compile()``d once;
 every constant the code needs (a function, a resolved pseudo-variable, a
 compiled regex, an IP network) is bound in the namespace of that code under a
 short name, so a message runs straight-line Python with no lookups by name
-and no re-parsing. Errors are collected (``Compiler.errors``); the code of a
+and no re-parsing. When a module gives an action hook (the debugger's
+cfgtrace), a call ``_dbg(ctx, site)`` is written before every action — each
+statement, and each function or route call inside an expression — with the
+action's :class:`ActionSite`; without one no such call exists. Errors are collected (``Compiler.errors``); the code of a
 statement that failed to compile is left out, so one run reports them all.
 
 Kamailio's semantics kept here: a function or route returning 0 stops the
@@ -35,6 +38,8 @@ from ser.core.cfg.runtime import EXIT, Context, ScriptExit
 from ser.core.module import (
     ROUTE_KIND_TYPE,
     ROUTE_TYPE_NAMES,
+    ActionHook,
+    ActionSite,
     FixedArg,
     FixupError,
     Function,
@@ -243,7 +248,7 @@ class _Fail(Exception):
 
 class Compiler:
     def __init__(self, script: ast.Script, modules: list[Module], resolver: PVResolver,
-                 max_while_loops: int = 100) -> None:
+                 max_while_loops: int = 100, hook: ActionHook | None = None) -> None:
         self.script = script
         self.resolver = resolver
         self.errors: list[CfgError] = []
@@ -253,6 +258,9 @@ class Compiler:
                 self.functions.setdefault(f.name, f)
         self.max_while = max_while_loops
         self.ns: dict[str, Any] = dict(_HELPERS)
+        self.hook = hook
+        if hook is not None:
+            self.ns["_dbg"] = hook
         self._ids: dict[int, str] = {}
         self.lines: list[str] = []
         self.tmp = 0
@@ -283,6 +291,11 @@ class Compiler:
 
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
+
+    def site(self, pos: Pos, name: str) -> str:
+        """The code that calls the action hook for an action at ``pos``."""
+        site = ActionSite(self.resolver.route, pos[0], pos[1], name)
+        return f"_dbg(ctx, {self.bind(site, 'D')})"
 
     def new_tmp(self, prefix: str) -> str:
         self.tmp += 1
@@ -360,6 +373,9 @@ class Compiler:
             self.emit(ind, "pass")
 
     def _statement(self, st: ast.Stmt, ind: int) -> None:
+        name = _ACTION_NAMES.get(type(st))
+        if self.hook is not None and name is not None:
+            self.emit(ind, self.site(st.pos, name))
         if isinstance(st, ast.ExprStmt):
             code = self.call(st.expr, statement=True)
             self.emit(ind, f"_r = {code}")
@@ -668,7 +684,7 @@ class Compiler:
                 args.append(self.bind_const(fa.const))
             else:
                 args.append(f"{self.bind(fa.get, 'A')}(ctx)")
-        code = f"{self.bind(fn.call, 'F')}({', '.join(args)})"
+        code = self.traced(c, f"{self.bind(fn.call, 'F')}({', '.join(args)})")
         return code if statement else f"_ret(ctx, {code})"
 
     def route_call(self, c: ast.Call, statement: bool) -> str:
@@ -683,8 +699,12 @@ class Compiler:
             raise self.fail(a.pos, f"route '{name}' is not defined",
                             did_you_mean(name, self.named))
         self.calls[self.current].add(name)
-        code = f"{self.route_names[('route', name)]}(ctx)"
+        code = self.traced(c, f"{self.route_names[('route', name)]}(ctx)")
         return code if statement else f"_ret(ctx, {code})"
+
+    def traced(self, c: ast.Call, code: str) -> str:
+        """A call with the action hook run first (the hook returns None)."""
+        return code if self.hook is None else f"({self.site(c.pos, c.name)} or {code})"
 
     def fix_arg(self, fn: Function, i: int, a: ast.Expr) -> FixedArg:
         spec = fn.args[i]
@@ -745,6 +765,14 @@ class Compiler:
         return FixedArg(get=_as_str(getter), pos=a.pos, text=text)
 
 
+# the statements traced by the action hook as themselves; a call statement is
+# traced by its call (``n=`` is the function's name, as Kamailio's cfgtrace)
+_ACTION_NAMES: dict[type, str] = {
+    ast.Assign: "assign", ast.If: "if", ast.Switch: "switch", ast.While: "while",
+    ast.Return: "return", ast.Exit: "exit", ast.Drop: "drop", ast.Break: "break",
+}
+
+
 def _as_int(get: Callable[[Context], Any]) -> Callable[[Context], int]:
     return lambda ctx: _int(get(ctx))
 
@@ -773,7 +801,8 @@ def _cfg_route_name(kind: str, name: str) -> str:
 
 
 def compile_script(script: ast.Script, modules: list[Module], resolver: PVResolver,
-                   max_while_loops: int = 100) -> tuple[Routes, list[CfgError]]:
-    c = Compiler(script, modules, resolver, max_while_loops)
+                   max_while_loops: int = 100,
+                   hook: ActionHook | None = None) -> tuple[Routes, list[CfgError]]:
+    c = Compiler(script, modules, resolver, max_while_loops, hook)
     routes = c.compile()
     return routes, c.errors
