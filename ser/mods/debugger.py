@@ -98,17 +98,35 @@ def _tracer(inst: ModuleInstance) -> Tracer:
     return tracer
 
 
-def _syslog_handler(facility: str) -> logging.Handler | None:
-    """A syslog handler with ``facility`` when ser logs to syslog, else None
-    (on stderr a facility means nothing)."""
-    root = logging.getLogger("ser")
-    for h in root.handlers:
-        if isinstance(h, logging.handlers.SysLogHandler):
-            fac = getattr(logging.handlers.SysLogHandler, facility)
-            new = logging.handlers.SysLogHandler("/dev/log", fac)
-            new.setFormatter(h.formatter)
-            return new
-    return None
+# Python's level -> syslog severity name (SysLogHandler.priority_map's values)
+_SEVERITY = {logging.DEBUG: "debug", logging.INFO: "info", logmod.NOTICE: "notice",
+             logging.WARNING: "warning", logging.ERROR: "error", logging.CRITICAL: "critical",
+             logmod.ALERT: "alert"}
+
+
+def _syslog_setup(tracer: Tracer, facility: str) -> None:
+    """When ser logs to syslog: the trace lines go with ``facility`` (a
+    handler of their own) and, under ``log_level_name``, with the severity of
+    ``log_level`` (a handler maps an unknown level name to "warning")."""
+    log.handlers.clear()
+    log.propagate = True
+    core = [h for h in logging.getLogger("ser").handlers
+            if isinstance(h, logging.handlers.SysLogHandler)]
+    if not core:
+        return                       # stderr: a facility means nothing there
+    handlers = core
+    if facility:
+        own = logging.handlers.SysLogHandler(
+            core[0].address, getattr(logging.handlers.SysLogHandler, facility),
+            core[0].socktype)
+        own.setFormatter(core[0].formatter)
+        log.addHandler(own)
+        log.propagate = False
+        handlers = [own]
+    if tracer.level_name:
+        for h in handlers:
+            h.priority_map = {**h.priority_map,
+                              tracer.level_name: _SEVERITY.get(tracer.level, "error")}
 
 
 def mod_init(inst: ModuleInstance) -> None:
@@ -118,14 +136,7 @@ def mod_init(inst: ModuleInstance) -> None:
         tracer.words = shm.arena.i64
         tracer.base = shm.arena.alloc_static(8 * MAX_PROCS) >> 3
         tracer.set(tracer.on)
-    facility = str(inst.params["log_facility"])
-    log.handlers.clear()
-    log.propagate = True
-    if facility:
-        handler = _syslog_handler(facility)
-        if handler is not None:
-            log.addHandler(handler)
-            log.propagate = False
+    _syslog_setup(tracer, str(inst.params["log_facility"]))
 
 
 def child_init(inst: ModuleInstance, rank: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import socket
 
 import pytest
 
@@ -123,3 +125,43 @@ def test_params_without_meaning_are_a_warning():
     assert cfg.ok, cfg.errors
     assert "module parameters without meaning in ser, ignored: debugger.step_usleep" \
         in cfg.warnings
+
+
+def test_syslog_facility_and_severity():
+    """With ser logging to syslog, the trace lines carry log_facility and the
+    severity of log_level (not the "warning" an unknown level name maps to)."""
+    from ser.mods import debugger
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    ser_log = logging.getLogger("ser")
+    saved = (ser_log.handlers[:], ser_log.propagate, ser_log.level)
+    core = logging.handlers.SysLogHandler(rx.getsockname())       # facility LOG_USER
+    ser_log.handlers[:] = [core]
+    ser_log.propagate = False
+    ser_log.setLevel(logging.DEBUG)
+    try:
+        for facility, pri in (("LOG_LOCAL3", 19 * 8 + 3), ("", 1 * 8 + 3)):
+            cfg = _cfg(DEBUGGER.format(on=1).replace("\n", " ")
+                       + f' modparam("debugger", "log_facility", "{facility}")')
+            debugger.mod_init(cfg.modules["debugger"])
+            _run(cfg)
+            data = rx.recv(4096).decode()
+            assert data.startswith(f"<{pri}>"), data      # error (3), LOCAL3 or the core's
+            assert "*** cfgtrace:request_route=[DEFAULT_ROUTE] c=[t.cfg] l=6 n=assign" in data
+            while True:                                    # the rest of this run's lines
+                rx.settimeout(0.2)
+                try:
+                    rx.recv(4096)
+                except TimeoutError:
+                    break
+            rx.settimeout(5)
+    finally:
+        for h in debugger.log.handlers:
+            h.close()
+        debugger.log.handlers.clear()
+        debugger.log.propagate = True
+        core.close()
+        ser_log.handlers[:], ser_log.propagate, _ = saved
+        ser_log.setLevel(saved[2])
+        rx.close()
