@@ -19,9 +19,13 @@ calls compiled in: without this module nothing is paid.
 Whether a process traces is one word per process rank in shared memory,
 set to ``cfgtrace`` at start; ``dbg.trace on|off [pid]`` changes it for
 every process or one, at once and without a restart; ``dbg.ls [pid]``
-lists them. Interactive breakpoints (``dbg.bp``, ``dbg_breakpoint``), the
-per-module log levels and the cfgt test hooks are not in ser; turning one of
-them on fails the config check, saying so.
+lists them.
+
+With ``log_assign`` every assignment of the script logs the new value at
+debug level, as Kamailio does: ``$var(x):1``, ``$var(s):"text"``,
+``$avp(a): $null``. Interactive breakpoints (``dbg.bp``,
+``dbg_breakpoint``), the per-module log levels and the cfgt test hooks are
+not in ser; turning one of them on fails the config check, saying so.
 """
 
 from __future__ import annotations
@@ -32,11 +36,20 @@ from typing import Any
 
 from ser.core import log as logmod
 from ser.core.cfg.globals import FACILITIES
-from ser.core.module import ROUTE_TYPE_NAMES, ActionSite, Module, ModuleInstance, Param, RPCMethod
+from ser.core.module import (
+    ROUTE_TYPE_NAMES,
+    ActionSite,
+    Module,
+    ModuleInstance,
+    Param,
+    RPCMethod,
+    ScriptHooks,
+)
 from ser.core.procs import MAX_PROCS
 from ser.core.rpc import INVALID_PARAMS, RpcContext, RpcError
 
 log = logging.getLogger("ser.cfgtrace")
+assign_log = logging.getLogger("ser.debugger")
 
 
 class Tracer:
@@ -86,6 +99,23 @@ class Tracer:
             record.levelname = self.level_name
         log.handle(record)
         return None
+
+
+def assigned(ctx: Any, site: ActionSite, get: Any, name: Any) -> None:
+    """log_assign: the value an assignment left in its target."""
+    if not assign_log.isEnabledFor(logging.DEBUG):
+        return
+    value = get(ctx, name)
+    if value is None:
+        assign_log.debug("%s: $null", site.name)
+    elif isinstance(value, int):
+        assign_log.debug("%s:%d", site.name, value)
+    else:
+        assign_log.debug('%s:"%s"', site.name, value)
+
+
+def _hooks(inst: ModuleInstance) -> ScriptHooks:
+    return ScriptHooks(_tracer(inst), assigned if inst.params["log_assign"] else None)
 
 
 def _tracer(inst: ModuleInstance) -> Tracer:
@@ -233,8 +263,8 @@ exports = Module(
               check=_off("per-module log facilities")),
         Param("mod_facility", str, "", "A module's facility (without mod_facility_mode: "
               "unused).", multi=True, ignored=True),
-        Param("log_assign", int, 0, "Logging every assignment: not in ser, only 0.",
-              check=_off("assignment logs")),
+        Param("log_assign", int, 0, "1: log the value every assignment of the script "
+              "leaves, at debug level ($var(x):1, $var(s):\"text\", $avp(a): $null)."),
         Param("cfgpkgcheck", int, 0, "Private memory check per action (no such memory in "
               "ser).", ignored=True),
         Param("reset_msgid", int, 0, "Allow dbg.reset_msgid (not in ser).", ignored=True),
@@ -249,5 +279,5 @@ exports = Module(
     ),
     mod_init=mod_init,
     child_init=child_init,
-    action_hook=_tracer,
+    script_hooks=_hooks,
 )

@@ -81,6 +81,24 @@ def test_trace_lines_name_route_file_line_and_action(caplog):
     assert {(r.levelno, r.levelname) for r in recs} == {(logging.ERROR, "exec")}
 
 
+def test_log_assign(caplog):
+    text = SCRIPT.format(debugger='loadmodule "debugger.so" modparam("debugger", "log_assign", 1)')
+    text = text.replace("\t$var(x) = 1;\n", '\t$var(x) = 1; $var(s) = "a" + $rm; $avp(n) = $null;\n')
+    cfg = check_text(text, "t.cfg")
+    assert cfg.ok, cfg.errors
+    assert "_dbga(ctx" in cfg.routes.source
+    with caplog.at_level(logging.DEBUG, logger="ser"):
+        _run(cfg)
+    got = [r.getMessage() for r in caplog.records if r.name == "ser.debugger"]
+    assert got == ["$var(x):1", '$var(s):"aOPTIONS"', "$avp(n): $null"], got
+    # and no trace line: cfgtrace is off
+    assert not [r for r in caplog.records if r.name == "ser.cfgtrace"]
+
+
+def test_no_log_assign_no_call():
+    assert "_dbga(ctx" not in _cfg(DEBUGGER.format(on=1).replace("\n", " ")).routes.source
+
+
 def test_trace_off_then_on_without_recompiling(caplog):
     cfg = _cfg(DEBUGGER.format(on=0).replace("\n", " "))
     assert "_dbg(ctx" in cfg.routes.source        # dbg.trace may turn it on later
@@ -108,7 +126,6 @@ def test_prefix_and_level(caplog):
 @pytest.mark.parametrize("param,value,message", [
     ("breakpoint", "1", "interactive breakpoints are not available in ser"),
     ("mod_level_mode", "1", "per-module log levels are not available in ser"),
-    ("log_assign", "1", "assignment logs are not available in ser"),
     ("log_facility", '"LOG_NOPE"', "unknown facility 'LOG_NOPE'"),
     ("log_level", "7", "a log level is -5 (alert) .. 3 (debug)"),
 ])

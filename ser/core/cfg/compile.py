@@ -7,11 +7,15 @@ Python source: one ``def`` per route. The source is ``compile()``d once;
 every constant the code needs (a function, a resolved pseudo-variable, a
 compiled regex, an IP network) is bound in the namespace of that code under a
 short name, so a message runs straight-line Python with no lookups by name
-and no re-parsing. When a module gives an action hook (the debugger's
-cfgtrace), a call ``_dbg(ctx, site)`` is written before every action — each
-statement, and each function or route call inside an expression — with the
-action's :class:`ActionSite`; without one no such call exists. Errors are collected (``Compiler.errors``); the code of a
+and no re-parsing. Errors are collected (``Compiler.errors``); the code of a
 statement that failed to compile is left out, so one run reports them all.
+
+A module may give :class:`ScriptHooks` (the debugger): with an ``action``
+hook a call ``_dbg(ctx, site)`` is written before every action — each
+statement, and each function or route call inside an expression — with the
+action's :class:`ActionSite`; with an ``assigned`` hook a call
+``_dbga(ctx, site, get, name)`` after every assignment. Without them no such
+call exists.
 
 Kamailio's semantics kept here: a function or route returning 0 stops the
 script (as ``exit``); a negative value is false, a positive one true;
@@ -38,13 +42,13 @@ from ser.core.cfg.runtime import EXIT, Context, ScriptExit
 from ser.core.module import (
     ROUTE_KIND_TYPE,
     ROUTE_TYPE_NAMES,
-    ActionHook,
     ActionSite,
     FixedArg,
     FixupError,
     Function,
     Module,
     RouteType,
+    ScriptHooks,
 )
 from ser.core.pv import PVRef, PVResolver, to_str
 
@@ -248,7 +252,7 @@ class _Fail(Exception):
 
 class Compiler:
     def __init__(self, script: ast.Script, modules: list[Module], resolver: PVResolver,
-                 max_while_loops: int = 100, hook: ActionHook | None = None) -> None:
+                 max_while_loops: int = 100, hooks: ScriptHooks | None = None) -> None:
         self.script = script
         self.resolver = resolver
         self.errors: list[CfgError] = []
@@ -258,9 +262,10 @@ class Compiler:
                 self.functions.setdefault(f.name, f)
         self.max_while = max_while_loops
         self.ns: dict[str, Any] = dict(_HELPERS)
-        self.hook = hook
-        if hook is not None:
-            self.ns["_dbg"] = hook
+        self.hook = hooks.action if hooks is not None else None
+        self.assigned = hooks.assigned if hooks is not None else None
+        self.ns["_dbg"] = self.hook
+        self.ns["_dbga"] = self.assigned
         self._ids: dict[int, str] = {}
         self.lines: list[str] = []
         self.tmp = 0
@@ -293,9 +298,8 @@ class Compiler:
         self.lines.append("    " * indent + line)
 
     def site(self, pos: Pos, name: str) -> str:
-        """The code that calls the action hook for an action at ``pos``."""
-        site = ActionSite(self.resolver.route, pos[0], pos[1], name)
-        return f"_dbg(ctx, {self.bind(site, 'D')})"
+        """The bound :class:`ActionSite` of an action at ``pos``."""
+        return self.bind(ActionSite(self.resolver.route, pos[0], pos[1], name), "D")
 
     def new_tmp(self, prefix: str) -> str:
         self.tmp += 1
@@ -375,7 +379,7 @@ class Compiler:
     def _statement(self, st: ast.Stmt, ind: int) -> None:
         name = _ACTION_NAMES.get(type(st))
         if self.hook is not None and name is not None:
-            self.emit(ind, self.site(st.pos, name))
+            self.emit(ind, f"_dbg(ctx, {self.site(st.pos, name)})")
         if isinstance(st, ast.ExprStmt):
             code = self.call(st.expr, statement=True)
             self.emit(ind, f"_r = {code}")
@@ -437,6 +441,9 @@ class Compiler:
             g = self.bind(ref.decl.get, "G")
             code = f"_add({g}(ctx, {n}), {code})"
         self.emit(ind, f"{s}(ctx, {n}, {code})")
+        if self.assigned is not None:
+            g = self.bind(ref.decl.get, "G")
+            self.emit(ind, f"_dbga(ctx, {self.site(st.pos, st.target.raw)}, {g}, {n})")
 
     def bind_const(self, value: Any) -> str:
         if value is None or isinstance(value, int | str):
@@ -704,7 +711,7 @@ class Compiler:
 
     def traced(self, c: ast.Call, code: str) -> str:
         """A call with the action hook run first (the hook returns None)."""
-        return code if self.hook is None else f"({self.site(c.pos, c.name)} or {code})"
+        return code if self.hook is None else f"(_dbg(ctx, {self.site(c.pos, c.name)}) or {code})"
 
     def fix_arg(self, fn: Function, i: int, a: ast.Expr) -> FixedArg:
         spec = fn.args[i]
@@ -802,7 +809,7 @@ def _cfg_route_name(kind: str, name: str) -> str:
 
 def compile_script(script: ast.Script, modules: list[Module], resolver: PVResolver,
                    max_while_loops: int = 100,
-                   hook: ActionHook | None = None) -> tuple[Routes, list[CfgError]]:
-    c = Compiler(script, modules, resolver, max_while_loops, hook)
+                   hooks: ScriptHooks | None = None) -> tuple[Routes, list[CfgError]]:
+    c = Compiler(script, modules, resolver, max_while_loops, hooks)
     routes = c.compile()
     return routes, c.errors
