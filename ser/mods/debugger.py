@@ -94,7 +94,7 @@ class Tracer:
         if not log.isEnabledFor(self.level):
             return None
         record = log.makeRecord(log.name, self.level, site.file, site.line,
-                                self.line(ctx.route_type, site), None, None)
+                                self.line(ctx.route_type, site), (), None)
         if self.level_name:
             record.levelname = self.level_name
         log.handle(record)
@@ -155,7 +155,8 @@ def _syslog_setup(tracer: Tracer, facility: str) -> None:
         handlers = [own]
     if tracer.level_name:
         for h in handlers:
-            h.priority_map = {**h.priority_map,
+            # a copy per handler instance: the class's table stays as it is
+            h.priority_map = {**h.priority_map,  # type: ignore[misc]
                               tracer.level_name: _SEVERITY.get(tracer.level, "error")}
 
 
