@@ -139,6 +139,27 @@ class Timer:
 
 
 @dataclass(frozen=True)
+class ActionSite:
+    """Where a script action is written, for a module's action hook: the route
+    block (Kamailio's names: DEFAULT_ROUTE, REQINIT, ...), file, line and the
+    action's name (a function's name, ``if``, ``assign``, ``return``...)."""
+    route: str
+    file: str
+    line: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ScriptHooks:
+    """What a module has the compiled script call (the debugger's): ``action``
+    before every action, ``action(ctx, site)``; ``assigned`` after every
+    assignment, ``assigned(ctx, site, get, name)`` (``site.name`` is the
+    target as written; ``get(ctx, name)`` reads its value)."""
+    action: Callable[[Any, ActionSite], None] | None = None
+    assigned: Callable[[Any, ActionSite, Callable[[Any, Any], Any], Any], None] | None = None
+
+
+@dataclass(frozen=True)
 class Module:
     name: str
     doc: str = ""
@@ -154,6 +175,10 @@ class Module:
     # what an operator must know whenever the module is loaded (a Kamailio
     # module that ser only partly has): printed by ``ser -c`` and at start-up
     warning: str = ""
+    # called once after the modparams: the calls the compiler writes into the
+    # script (the debugger's cfgtrace and log_assign), or None; the code
+    # compiled for a script whose modules give none has no such calls
+    script_hooks: Callable[[ModuleInstance], ScriptHooks | None] | None = None
 
     def function(self, name: str) -> Function | None:
         for f in self.functions:

@@ -24,13 +24,15 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import SER, SERCTL, free_port, need, wait_udp_bound
+from tests.integration.natua import NatUA, reply_to
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "cfg" / "ser.cfg"
 SCEN = ROOT / "bench" / "scenarios"
 SWITCHES = ("AUTH", "IPAUTH", "USRLOCDB", "ANTIFLOOD", "TLS", "TOPOH", "ACL", "NAT", "DEBUG")
 INTL = "0049301234"
-PASSWORDS = {"alice": "alicepw", "bob": "bobpw", INTL: "intlpw"}
+PASSWORDS = {"alice": "alicepw", "bob": "bobpw", INTL: "intlpw", "carol": "carolpw",
+             "dave": "davepw"}
 
 
 def _args(on: set[str]) -> list[str]:
@@ -40,8 +42,9 @@ def _args(on: set[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("on", [(), *[(s,) for s in SWITCHES], SWITCHES],
-                         ids=["none", *SWITCHES, "all"])
+@pytest.mark.parametrize("on", [(), *[(s,) for s in SWITCHES], ("NAT", "NATSIPPING"),
+                                (*SWITCHES, "NATSIPPING")],
+                         ids=["none", *SWITCHES, "NATSIPPING", "all"])
 def test_cfg_checks(on):
     r = subprocess.run([SER, "-c", "-f", str(CFG), *_args(set(on))], capture_output=True,
                        text=True, timeout=60)
@@ -111,6 +114,8 @@ class Run:
 
 def _start(ser_factory, tmp: Path, on: set[str], db: Path, port: int | None = None):
     args = ["-n", "2", "-A", f'DBURL="sqlite://{db}"']
+    if "NAT" in on:
+        args += ["-A", "NATPING_INTERVAL=1"]      # keep-alives every second, to see them
     if "TLS" in on:
         args += ["-A", f"TLS_PORT={free_port()}", "-A", f'TLS_CERT="{db.parent / "ser.pem"}"',
                  "-A", f'TLS_KEY="{db.parent / "ser.key"}"']
@@ -158,6 +163,8 @@ def _invite_seen_by_callee(uas_msgs: str) -> str:
 def test_switch(switch, ser_factory, tmp_path):
     need("sipp")
     on = set(SWITCHES) if switch == "all" else set() if switch == "none" else {switch}
+    if switch == "all":
+        on.add("NATSIPPING")                # OPTIONS keep-alives instead of CRLF
     db = tmp_path / "ser.db"
     if "TLS" in on:
         r = subprocess.run([SERCTL, "tls", "gencert", "--key", str(tmp_path / "ser.key"),
@@ -203,15 +210,16 @@ def test_switch(switch, ser_factory, tmp_path):
     else:
         assert "SIP/2.0 407 " not in caller
 
+    # sipp's UAs are not behind NAT (Contact and Via are where they send from)
+    assert "'Received': '[not set]'" in dump
     if "NAT" in on:
         # force_rport: the caller's Via as the callee sees it carries where it came from
         assert re.search(rf"^Via: SIP/2\.0/UDP 127\.0\.0\.1:{alice_port};branch=\S+;"
                          rf"rport={alice_port};received=127\.0\.0\.1\s*$", invite, re.M) \
             or "TOPOH" in on, invite
-        assert f"'Received': 'sip:127.0.0.1:{bob_port};transport=udp'" in dump, dump
+        _nat_call(run)
     else:
         assert "rport=" not in invite and "received=" not in invite, invite
-        assert "'Received': '[not set]'" in dump
 
     if "TOPOH" in on:
         # the callee sees the mask address, never the caller's
@@ -226,8 +234,16 @@ def test_switch(switch, ser_factory, tmp_path):
                          rf"127\.0\.0\.1:{alice_port} \(udp\)", log), log[-3000:]
         assert re.search(r"TRACE: reply 200 OK from 127\.0\.0\.1:" + str(bob_port), log), \
             log[-3000:]
+        # the debugger's cfgtrace: each action with its line in this file
+        lines = CFG.read_text().splitlines()
+        start = lines.index("request_route {")
+        line = next(i + 1 for i in range(start, len(lines)) if lines[i].strip() == "route(REQINIT);")
+        assert re.search(rf" exec: \*\*\* cfgtrace:request_route=\[DEFAULT_ROUTE\] "
+                         rf"c=\[{re.escape(str(CFG))}\] l={line} n=route$", log, re.M), log[-3000:]
+        assert re.search(r" exec: \*\*\* cfgtrace:onreply_route=\[MANAGE_REPLY\] .* n=xdbg$",
+                         log, re.M), log[-3000:]
     else:
-        assert "TRACE:" not in sp.logtext()
+        assert "TRACE:" not in sp.logtext() and "cfgtrace" not in sp.logtext()
 
     if "ACL" in on:
         intl_port = free_port()
@@ -270,6 +286,67 @@ def test_switch(switch, ser_factory, tmp_path):
         _flood(run)
         if "AUTH" in on:
             _brute_force(run)
+
+
+def _nat_call(run: Run) -> None:
+    """UAs behind NAT (each sends from 127.0.0.x but writes 10.0.0.x in Via
+    and Contact): carol registers and is kept open with keep-alives; dave
+    calls her; every request for her reaches the address she sends from."""
+    carol = NatUA("carol", PASSWORDS["carol"], "127.0.0.7", run.port)
+    dave = NatUA("dave", PASSWORDS["dave"], "127.0.0.8", run.port)
+    dave.private = "10.0.0.98:5060"
+    topoh = "TOPOH" in run.on
+    try:
+        ok = carol.register()
+        assert ok.startswith("SIP/2.0 200"), ok + run.ser.logtext()[-3000:]
+        # fix_nated_register: the registrar keeps where the REGISTER came from
+        recv = f"sip:{carol.addr[0]}:{carol.addr[1]}"
+        assert f'received="{recv}"' in ok, ok
+        dump = str(run.ser.rpc("ul.dump"))
+        assert recv in dump and "sip:carol@10.0.0.99:5060" in dump, dump
+        # the contact behind NAT gets keep-alives at its real address: CRLF,
+        # or with WITH_NATSIPPING an OPTIONS request to its Contact
+        if "NATSIPPING" in run.on:
+            ping = carol.wait_for(lambda d: d.startswith("OPTIONS "), timeout=10)
+            assert ping.startswith("OPTIONS sip:carol@10.0.0.99:5060 SIP/2.0\r\n"), ping
+            assert "From: <sip:pinger@localhost>;tag=" in ping, ping
+        else:
+            carol.wait_for(lambda d: d == "\r\n\r\n", timeout=10)
+
+        sdp = ("v=0\r\no=dave 1 1 IN IP4 10.0.0.98\r\ns=-\r\nc=IN IP4 10.0.0.98\r\n"
+               "t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+        ruri = "sip:carol@127.0.0.1"
+        dave.invite(ruri, "natcall", body=sdp)
+        inv = carol.wait_for(lambda d: d.startswith("INVITE "), timeout=10)
+        # the R-URI is carol's registered Contact, sent to where she registered from
+        assert inv.startswith("INVITE sip:carol@10.0.0.99:5060 SIP/2.0\r\n"), inv
+        # ser relays no media: the SDP is as dave wrote it
+        assert inv.endswith(sdp), inv
+        if not topoh:
+            # dave's Contact carries his real address (set_contact_alias)
+            d_alias = f"alias={dave.addr[0]}~{dave.addr[1]}~1"
+            assert re.search(rf"^Contact: <sip:dave@10\.0\.0\.98:5060;{d_alias}>\r$", inv,
+                             re.M), inv
+        # carol answers from behind her NAT: her Contact gets her real address
+        carol.sock.sendto(reply_to(inv, "200 OK", f"sip:carol@{carol.private}", "caroltag")
+                          .encode(), ("127.0.0.1", run.port))
+        ok = dave.wait_for(lambda d: d.startswith("SIP/2.0 200") and "INVITE" in d)
+        target = re.search(r"^Contact: <([^>]*)>\r$", ok, re.M).group(1)
+        if not topoh:
+            assert target == (f"sip:carol@10.0.0.99:5060;"
+                              f"alias={carol.addr[0]}~{carol.addr[1]}~1"), ok
+        # in-dialog: dave's ACK and BYE reach carol's real address
+        for method in ("ACK", "BYE"):
+            dave.in_dialog(method, ok, ruri, "natcall", "caroltag")
+            got = carol.wait_for(lambda d, m=method: d.startswith(f"{m} "), timeout=10)
+            assert got.startswith(f"{method} sip:carol@10.0.0.99:5060 SIP/2.0\r\n"), got
+        carol.sock.sendto(reply_to(got, "200 OK", f"sip:carol@{carol.private}", "caroltag")
+                          .replace(";tag=caroltag;tag=caroltag", ";tag=caroltag").encode(),
+                          ("127.0.0.1", run.port))
+        dave.wait_for(lambda d: d.startswith("SIP/2.0 200") and "BYE" in d)
+    finally:
+        carol.close()
+        dave.close()
 
 
 def _address_reload(run: Run) -> None:

@@ -9,7 +9,6 @@ defines ``DBURL`` and loads the driver.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import re
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SER, free_port, need
+from tests.integration.conftest import SER, free_port, need, sip_options, udp_exchange
+from tests.integration.natua import NatUA, reply_to
 
 STOCK = Path("/etc/kamailio/kamailio.cfg")
 SCEN = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
@@ -147,85 +147,6 @@ def test_stock_cfg_checks_with_nat(tmp_path):
                          r"relay.*media \(RTP\) is NOT relayed", r.stderr), r.stderr
 
 
-class NatUA:
-    """A UA behind a "NAT": it sends from 127.0.0.x but writes 10.0.0.x in Contact and Via."""
-
-    def __init__(self, user: str, password: str, ip: str, proxy: int) -> None:
-        self.user, self.password, self.proxy = user, password, proxy
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, 0))
-        self.sock.settimeout(0.5)
-        self.addr = self.sock.getsockname()
-        self.private = "10.0.0.99:5060"
-        self.seen: list[str] = []     # everything received, in order
-        self.n = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, text: str) -> None:
-        self.sock.sendto(text.encode(), ("127.0.0.1", self.proxy))
-
-    def wait_for(self, pred, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65535).decode("utf-8", "replace")
-            except TimeoutError:
-                continue
-            self.seen.append(data)
-            if pred(data):
-                return data
-        raise AssertionError(f"{self.user}: nothing matching within {timeout} s; got:\n"
-                             + "\n----\n".join(self.seen[-5:]))
-
-    def request(self, method: str, ruri: str, to: str, call_id: str, auth: str = "",
-                body: str = "") -> str:
-        self.n += 1
-        ctype = "Content-Type: application/sdp\r\n" if body else ""
-        return (f"{method} {ruri} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {self.private};branch=z9hG4bK{call_id}{self.n};rport\r\n"
-                f"Max-Forwards: 70\r\n"
-                f"From: <sip:{self.user}@127.0.0.1>;tag={self.user}tag\r\n"
-                f"To: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {self.n} {method}\r\n"
-                f"Contact: <sip:{self.user}@{self.private}>\r\n{auth}{ctype}"
-                f"Content-Length: {len(body)}\r\n\r\n{body}")
-
-    def digest(self, challenge: str, method: str, uri: str, header: str) -> str:
-        params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
-        ha1 = hashlib.md5(f"{self.user}:{params['realm']}:{self.password}".encode()).hexdigest()
-        ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
-        extra = ""
-        if "qop" in params:
-            cnonce = "0a4f113b"
-            resp = hashlib.md5(f"{ha1}:{params['nonce']}:00000001:{cnonce}:auth:{ha2}"
-                               .encode()).hexdigest()
-            extra = f', qop=auth, nc=00000001, cnonce="{cnonce}"'
-        else:
-            resp = hashlib.md5(f"{ha1}:{params['nonce']}:{ha2}".encode()).hexdigest()
-        return (f'{header}: Digest username="{self.user}", realm="{params["realm"]}", '
-                f'nonce="{params["nonce"]}", uri="{uri}", response="{resp}", '
-                f'algorithm=MD5{extra}\r\n')
-
-    def register(self) -> str:
-        ruri = "sip:127.0.0.1"
-        to = f"sip:{self.user}@127.0.0.1"
-        self.send(self.request("REGISTER", ruri, to, f"reg{self.user}"))
-        r = self.wait_for(lambda d: d.startswith("SIP/2.0 401"))
-        chal = re.search(r"^WWW-Authenticate: (.*)\r$", r, re.M).group(1)
-        self.send(self.request("REGISTER", ruri, to, f"reg{self.user}",
-                               self.digest(chal, "REGISTER", ruri, "Authorization")))
-        return self.wait_for(lambda d: d.startswith("SIP/2.0 2") or d.startswith("SIP/2.0 4"))
-
-
-def _reply_to(req: str, code: str, contact: str, to_tag: str) -> str:
-    heads = [ln for ln in req.split("\r\n\r\n")[0].split("\r\n")[1:]
-             if ln.split(":")[0].lower() in ("via", "from", "call-id", "cseq", "record-route")]
-    to = re.search(r"^To: (.*)\r$", req, re.M).group(1)
-    return (f"SIP/2.0 {code}\r\n" + "\r\n".join(heads) + f"\r\nTo: {to};tag={to_tag}\r\n"
-            f"Contact: <{contact}>\r\nContent-Length: 0\r\n\r\n")
-
-
 def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
     db = _subscribers(tmp_path)
     port = free_port()
@@ -259,16 +180,7 @@ def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
                "t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
         alice.private = "10.0.0.98:5060"
         ruri = "sip:bob@127.0.0.1"
-        alice.send(alice.request("INVITE", ruri, ruri, "natcall", body=sdp))
-        r = alice.wait_for(lambda d: d.startswith("SIP/2.0 407"))
-        ack = alice.request("ACK", ruri, ruri, "natcall").replace(
-            f"CSeq: {alice.n} ACK", f"CSeq: {alice.n - 1} ACK").replace(
-            "natcall2;rport", "natcall1;rport")
-        to_tag = re.search(r"^To: .*;tag=([^;\r]+)", r, re.M).group(1)
-        alice.send(ack.replace(f"To: <{ruri}>", f"To: <{ruri}>;tag={to_tag}"))
-        chal = re.search(r"^Proxy-Authenticate: (.*)\r$", r, re.M).group(1)
-        alice.send(alice.request("INVITE", ruri, ruri, "natcall", body=sdp,
-                                 auth=alice.digest(chal, "INVITE", ruri, "Proxy-Authorization")))
+        alice.invite(ruri, "natcall", body=sdp)
         inv = bob.wait_for(lambda d: d.startswith("INVITE "), timeout=10)
         # the R-URI is bob's registered Contact; the caller's Contact got the
         # alias of its real address (set_contact_alias, nat_uac_test found it)
@@ -279,7 +191,7 @@ def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
         assert re.search(r"^Record-Route: <sip:127\.0\.0\.1:\d+;lr", inv, re.M), inv
         # bob answers from behind its NAT: the 200 OK's Contact gets bob's real
         # address as alias (onreply_route: the contact's nat_bflag, is_first_hop)
-        bob.sock.sendto(_reply_to(inv, "200 OK", f"sip:bob@{bob.private}", "bobtag")
+        bob.sock.sendto(reply_to(inv, "200 OK", f"sip:bob@{bob.private}", "bobtag")
                         .encode(), ("127.0.0.1", port))
         ok = alice.wait_for(lambda d: d.startswith("SIP/2.0 200") and "INVITE" in d)
         b_addr = f"{bob.addr[0]}~{bob.addr[1]}~1"
@@ -287,18 +199,12 @@ def test_stock_cfg_nat_register_and_call(ser_factory, tmp_path):
         assert m and m.group(1) == f"sip:bob@10.0.0.99:5060;alias={b_addr}", ok
         # in-dialog: alice's ACK and BYE target that Contact through our
         # Record-Route; handle_ruri_alias sends them to bob's real address
-        target = m.group(1)
-        route = "Route: " + ", ".join(reversed(re.findall(r"^Record-Route: (.*)\r$", ok, re.M)))
         for method in ("ACK", "BYE"):
-            req = alice.request(method, target, ruri, "natcall")
-            req = req.replace(f"To: <{ruri}>", f"To: <{ruri}>;tag=bobtag")
-            if method == "ACK":
-                req = req.replace(f"CSeq: {alice.n} ACK", f"CSeq: {alice.n - 1} ACK")
-            alice.send(req.replace("Max-Forwards: 70\r\n", f"Max-Forwards: 70\r\n{route}\r\n"))
+            alice.in_dialog(method, ok, ruri, "natcall", "bobtag")
             got = bob.wait_for(lambda d, m=method: d.startswith(f"{m} "), timeout=10)
             assert got.startswith(f"{method} sip:bob@10.0.0.99:5060 SIP/2.0\r\n"), got
         bye = got
-        bob.sock.sendto(_reply_to(bye, "200 OK", f"sip:bob@{bob.private}", "bobtag")
+        bob.sock.sendto(reply_to(bye, "200 OK", f"sip:bob@{bob.private}", "bobtag")
                         .replace(";tag=bobtag;tag=bobtag", ";tag=bobtag").encode(),
                         ("127.0.0.1", port))
         alice.wait_for(lambda d: d.startswith("SIP/2.0 200") and "BYE" in d)
@@ -360,3 +266,87 @@ def test_stock_cfg_jsonrpc_over_http_on_the_sip_port(ser_factory):
     r = subprocess.run([need("sipsak"), "-E", "tcp", "-s", f"sip:127.0.0.1:{port}", "-v"],
                        capture_output=True, text=True, timeout=20)
     assert "SIP/2.0 403 Not relaying" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- WITH_DEBUG
+
+def test_stock_cfg_checks_with_debug(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(sqlite_copy(tmp_path / "ser.db"))
+    for extra in ([], DB_SWITCHES):
+        r = check(cfg, "-A", "WITH_DEBUG", *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "debugger" not in r.stderr, r.stderr       # no parameter of it is ignored
+
+
+def _line_of(text: str, after: str, statement: str) -> int:
+    """The line number of the first ``statement`` after the line ``after``."""
+    lines = text.splitlines()
+    start = lines.index(after)
+    return next(i + 1 for i in range(start, len(lines)) if lines[i].strip() == statement)
+
+
+def test_stock_cfg_debug_traces_every_action_with_its_line(ser_factory, tmp_path):
+    port = free_port()
+    text = STOCK.read_text()
+    # one listen line for the commented one, the DB lines changed in place:
+    # the line numbers stay the stock file's
+    run, n = re.subn(r"^# listen=udp:10\.0\.0\.10:5060$", f"listen=udp:127.0.0.1:{port}",
+                     sqlite_copy(tmp_path / "ser.db"), flags=re.M)
+    assert n == 1 and len(run.splitlines()) == len(text.splitlines())
+    ser = ser_factory(run.replace("{", "{{").replace("}", "}}"),
+                      args=["-A", "WITH_DEBUG", *DB_SWITCHES, "-n", "1"], port=port)
+
+    def options(branch: str) -> bytes:      # to the server itself: REQINIT's keepalive
+        return sip_options(port, branch=branch).replace(b"sip:ping@", b"sip:")
+
+    reply = udp_exchange(options("z9hG4bKtest1"), port)
+    assert reply and reply.startswith(b"SIP/2.0 200 Keepalive"), reply
+    cfg = str(ser.cfg)
+
+    def trace(route: str, line: int, name: str) -> str:
+        return (rf"exec: \*\*\* cfgtrace:request_route=\[{route}\] c=\[{re.escape(cfg)}\] "
+                rf"l={line} n={name}$")
+
+    reqinit = "route[REQINIT] {"
+    want = [
+        trace("DEFAULT_ROUTE", _line_of(text, "request_route {", "route(REQINIT);"), "route"),
+        trace("REQINIT", _line_of(text, reqinit, "set_reply_no_connect();"),
+              "set_reply_no_connect"),
+        trace("REQINIT", _line_of(text, reqinit, "force_rport();"), "force_rport"),
+        trace("REQINIT", _line_of(text, reqinit, 'if (!mf_process_maxfwd_header("10")) {'),
+              "mf_process_maxfwd_header"),
+        trace("REQINIT", _line_of(text, reqinit, 'sl_send_reply("200","Keepalive");'),
+              "sl_send_reply"),
+        trace("REQINIT", _line_of(text, reqinit, 'sl_send_reply("200","Keepalive");') + 1,
+              "exit"),
+    ]
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]
+        if (lines and lines[-1].endswith(" n=exit")) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # in the order they ran, every one of them (ifs and their conditions between)
+    i = 0
+    for ln in lines:
+        if i < len(want) and re.search(want[i], ln):
+            i += 1
+    assert i == len(want), f"missing {want[i] if i < len(want) else ''}\n" + "\n".join(lines)
+    assert lines[-1].endswith(" n=exit"), lines[-1]
+
+    # dbg.trace off in every process: the next request leaves no line
+    assert ser.rpc("dbg.trace", "off") == "200 ok"
+    assert all(p["set"] == 0 for p in ser.rpc("dbg.ls"))
+    udp_exchange(options("z9hG4bKtest2"), port)
+    assert len([ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]) == len(lines)
+    # on for one process only (the UDP receiver), as dbg.ls shows
+    procs = ser.rpc("dbg.ls")
+    pid = next(p["PID"] for p in ser.rpc("core.ps") if str(p["DSC"]).startswith("receiver"))
+    ser.rpc("dbg.trace", "on", pid)
+    assert [p["pid"] for p in ser.rpc("dbg.ls") if p["set"]] == [pid], procs
+    udp_exchange(options("z9hG4bKtest3"), port)
+    deadline = time.monotonic() + 10
+    while len([ln for ln in ser.logtext().splitlines() if "cfgtrace:" in ln]) == len(lines):
+        assert time.monotonic() < deadline, ser.logtext()[-3000:]
+        time.sleep(0.2)

@@ -10,6 +10,13 @@ short name, so a message runs straight-line Python with no lookups by name
 and no re-parsing. Errors are collected (``Compiler.errors``); the code of a
 statement that failed to compile is left out, so one run reports them all.
 
+A module may give :class:`ScriptHooks` (the debugger): with an ``action``
+hook a call ``_dbg(ctx, site)`` is written before every action — each
+statement, and each function or route call inside an expression — with the
+action's :class:`ActionSite`; with an ``assigned`` hook a call
+``_dbga(ctx, site, get, name)`` after every assignment. Without them no such
+call exists.
+
 Kamailio's semantics kept here: a function or route returning 0 stops the
 script (as ``exit``); a negative value is false, a positive one true;
 ``$retcode``/``$rc`` hold the last return value; a string literal in an
@@ -35,11 +42,13 @@ from ser.core.cfg.runtime import EXIT, Context, ScriptExit
 from ser.core.module import (
     ROUTE_KIND_TYPE,
     ROUTE_TYPE_NAMES,
+    ActionSite,
     FixedArg,
     FixupError,
     Function,
     Module,
     RouteType,
+    ScriptHooks,
 )
 from ser.core.pv import PVRef, PVResolver, to_str
 
@@ -243,7 +252,7 @@ class _Fail(Exception):
 
 class Compiler:
     def __init__(self, script: ast.Script, modules: list[Module], resolver: PVResolver,
-                 max_while_loops: int = 100) -> None:
+                 max_while_loops: int = 100, hooks: ScriptHooks | None = None) -> None:
         self.script = script
         self.resolver = resolver
         self.errors: list[CfgError] = []
@@ -253,6 +262,10 @@ class Compiler:
                 self.functions.setdefault(f.name, f)
         self.max_while = max_while_loops
         self.ns: dict[str, Any] = dict(_HELPERS)
+        self.hook = hooks.action if hooks is not None else None
+        self.assigned = hooks.assigned if hooks is not None else None
+        self.ns["_dbg"] = self.hook
+        self.ns["_dbga"] = self.assigned
         self._ids: dict[int, str] = {}
         self.lines: list[str] = []
         self.tmp = 0
@@ -283,6 +296,10 @@ class Compiler:
 
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
+
+    def site(self, pos: Pos, name: str) -> str:
+        """The bound :class:`ActionSite` of an action at ``pos``."""
+        return self.bind(ActionSite(self.resolver.route, pos[0], pos[1], name), "D")
 
     def new_tmp(self, prefix: str) -> str:
         self.tmp += 1
@@ -360,6 +377,9 @@ class Compiler:
             self.emit(ind, "pass")
 
     def _statement(self, st: ast.Stmt, ind: int) -> None:
+        name = _ACTION_NAMES.get(type(st))
+        if self.hook is not None and name is not None:
+            self.emit(ind, f"_dbg(ctx, {self.site(st.pos, name)})")
         if isinstance(st, ast.ExprStmt):
             code = self.call(st.expr, statement=True)
             self.emit(ind, f"_r = {code}")
@@ -421,6 +441,9 @@ class Compiler:
             g = self.bind(ref.decl.get, "G")
             code = f"_add({g}(ctx, {n}), {code})"
         self.emit(ind, f"{s}(ctx, {n}, {code})")
+        if self.assigned is not None:
+            g = self.bind(ref.decl.get, "G")
+            self.emit(ind, f"_dbga(ctx, {self.site(st.pos, st.target.raw)}, {g}, {n})")
 
     def bind_const(self, value: Any) -> str:
         if value is None or isinstance(value, int | str):
@@ -668,7 +691,7 @@ class Compiler:
                 args.append(self.bind_const(fa.const))
             else:
                 args.append(f"{self.bind(fa.get, 'A')}(ctx)")
-        code = f"{self.bind(fn.call, 'F')}({', '.join(args)})"
+        code = self.traced(c, f"{self.bind(fn.call, 'F')}({', '.join(args)})")
         return code if statement else f"_ret(ctx, {code})"
 
     def route_call(self, c: ast.Call, statement: bool) -> str:
@@ -683,8 +706,12 @@ class Compiler:
             raise self.fail(a.pos, f"route '{name}' is not defined",
                             did_you_mean(name, self.named))
         self.calls[self.current].add(name)
-        code = f"{self.route_names[('route', name)]}(ctx)"
+        code = self.traced(c, f"{self.route_names[('route', name)]}(ctx)")
         return code if statement else f"_ret(ctx, {code})"
+
+    def traced(self, c: ast.Call, code: str) -> str:
+        """A call with the action hook run first (the hook returns None)."""
+        return code if self.hook is None else f"(_dbg(ctx, {self.site(c.pos, c.name)}) or {code})"
 
     def fix_arg(self, fn: Function, i: int, a: ast.Expr) -> FixedArg:
         spec = fn.args[i]
@@ -745,6 +772,14 @@ class Compiler:
         return FixedArg(get=_as_str(getter), pos=a.pos, text=text)
 
 
+# the statements traced by the action hook as themselves; a call statement is
+# traced by its call (``n=`` is the function's name, as Kamailio's cfgtrace)
+_ACTION_NAMES: dict[type, str] = {
+    ast.Assign: "assign", ast.If: "if", ast.Switch: "switch", ast.While: "while",
+    ast.Return: "return", ast.Exit: "exit", ast.Drop: "drop", ast.Break: "break",
+}
+
+
 def _as_int(get: Callable[[Context], Any]) -> Callable[[Context], int]:
     return lambda ctx: _int(get(ctx))
 
@@ -773,7 +808,8 @@ def _cfg_route_name(kind: str, name: str) -> str:
 
 
 def compile_script(script: ast.Script, modules: list[Module], resolver: PVResolver,
-                   max_while_loops: int = 100) -> tuple[Routes, list[CfgError]]:
-    c = Compiler(script, modules, resolver, max_while_loops)
+                   max_while_loops: int = 100,
+                   hooks: ScriptHooks | None = None) -> tuple[Routes, list[CfgError]]:
+    c = Compiler(script, modules, resolver, max_while_loops, hooks)
     routes = c.compile()
     return routes, c.errors

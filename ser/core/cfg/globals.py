@@ -44,7 +44,7 @@ def _d(name: str, type_: str, default: object, doc: str, **kw: object) -> Global
     return GlobalDecl(name, type_, default, doc, **kw)  # type: ignore[arg-type]
 
 
-_FACILITIES = tuple(f"LOG_{x}" for x in (
+FACILITIES = tuple(f"LOG_{x}" for x in (
     "AUTH", "AUTHPRIV", "CRON", "DAEMON", "FTP", "KERN", "LPR", "MAIL", "NEWS", "SYSLOG",
     "USER", "UUCP", "LOCAL0", "LOCAL1", "LOCAL2", "LOCAL3", "LOCAL4", "LOCAL5", "LOCAL6",
     "LOCAL7"))
@@ -52,7 +52,7 @@ _FACILITIES = tuple(f"LOG_{x}" for x in (
 GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("debug", "int", 0, "Log level: -5 (alert) .. 3 (debug); messages above it are not logged."),
     _d("log_stderror", "bool", False, "Log to standard error instead of syslog."),
-    _d("log_facility", "str", "LOG_DAEMON", "Syslog facility.", choices=_FACILITIES),
+    _d("log_facility", "str", "LOG_DAEMON", "Syslog facility.", choices=FACILITIES),
     _d("log_name", "str", "ser", "Program name in syslog lines."),
     _d("log_prefix", "str", "", "Prefix of every log line written while a message is "
        "processed; may hold pseudo-variables."),

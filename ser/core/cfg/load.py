@@ -118,8 +118,11 @@ def _finish(pp: Preprocessor, res: object, path: str, extra_modules: list[Module
             resolver.add(pv)
     if compile_routes:
         max_while = cfg.settings.values.get("max_while_loops", 100)
+        hooks = [inst.decl.script_hooks(inst) for inst in cfg.modules.values()
+                 if inst.decl.script_hooks is not None]
         routes, cerrors = compile_script(script, decls, resolver,
-                                         int(max_while))  # type: ignore[call-overload]
+                                         int(max_while),  # type: ignore[call-overload]
+                                         next((h for h in hooks if h is not None), None))
         errors.extend(cerrors)
         cfg.routes = routes
     cfg.errors = _sort(errors, res.files)
