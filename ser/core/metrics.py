@@ -31,6 +31,12 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "core:fwd_replies": ("ser_core_forwarded_replies", "SIP replies forwarded."),
     "tm:total": ("ser_tm_transactions", "Transactions created."),
     "pike:blocked_ips": ("ser_pike_blocks", "Times a source was blocked."),
+    "auth:challenges": ("ser_auth_challenges", "Digest challenges (401/407) sent."),
+    "auth:authenticated": ("ser_auth_authenticated", "Requests whose credentials were right."),
+    "auth:invalid_password": ("ser_auth_invalid_password",
+                              "Credentials of a known user with a wrong response."),
+    "tls:handshakes": ("ser_tls_handshakes", "TLS handshakes completed."),
+    "tls:handshake_failures": ("ser_tls_handshake_failures", "TLS handshakes that failed."),
 }
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
 

@@ -560,10 +560,12 @@ class TcpWorker(Role):
             return
         except (SSL.Error, OSError) as e:
             self.core.stats.inc("core:err_requests")
+            self.core.stats.inc("tls:handshake_failures")
             _log(logging.WARNING, "tls handshake with %s:%s failed: %s", c.addr[0], c.addr[1],
                  _ssl_reason(e))
             self._close(c, "handshake failed")
             return
+        self.core.stats.inc("tls:handshakes")
         c.state = OPEN
         c.last = time.monotonic()
         self._publish_facts(c)

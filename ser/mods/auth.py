@@ -189,8 +189,28 @@ def config(ctx: Any) -> AuthConfig:
     return cfg
 
 
+STATS = ("auth:challenges", "auth:authenticated", "auth:invalid_password",
+         "auth:user_unknown", "auth:stale_nonces", "auth:nonce_reused", "auth:errors")
+_RESULT_STATS = {AUTHENTICATED: "auth:authenticated", INVALID_PASSWORD: "auth:invalid_password",
+                 USER_UNKNOWN: "auth:user_unknown", STALE_NONCE: "auth:stale_nonces",
+                 NONCE_REUSED: "auth:nonce_reused", AUTH_ERROR: "auth:errors"}
+
+
+def counted(ctx: Any, rc: int) -> int:
+    """``rc``, an authentication result, counted in its ``auth:`` statistic
+    (no credentials at all is not counted: the challenge that follows is)."""
+    name = _RESULT_STATS.get(rc)
+    shm = getattr(ctx.rt, "shm", None)
+    if name is not None and shm is not None:
+        shm.stats.inc(name)
+    return rc
+
+
 def mod_init(inst: Any) -> None:
     shm = inst.state.get("shm")
+    if shm is not None:
+        for name in STATS:
+            shm.stats.declare(name)
     cfg = inst.state["cfg"] = build_config(inst.params, shm)
     if shm is not None and (cfg.nonce_count or cfg.otn):
         shm.create_table(NONCE_TABLE, 14)
@@ -348,6 +368,9 @@ def challenge(ctx: Any, realm: str, flags: int, www: bool,
         if not flags & F_NO_500:
             send_reply(ctx, 500, "Server Internal Error", [], cfg.force_stateless)
         return -1
+    shm = getattr(ctx.rt, "shm", None)
+    if shm is not None:
+        shm.stats.inc("auth:challenges")
     return 1
 
 
@@ -492,13 +515,13 @@ def post_auth(ctx: Any, pend: Pending) -> int:
 
 def authenticate_ha1(ctx: Any, realm: str, ha1: str, www: bool,
                      method: str | None = None) -> int:
-    """The whole check against one known HA1 (pv_*_authenticate)."""
+    """The whole check against one known HA1 (pv_*_authenticate), counted."""
     pend = pre_auth(ctx, realm, www)
     if isinstance(pend, int):
-        return pend
+        return counted(ctx, pend)
     if not check_response(ctx, pend, ha1, method):
-        return INVALID_PASSWORD
-    return post_auth(ctx, pend)
+        return counted(ctx, INVALID_PASSWORD)
+    return counted(ctx, post_auth(ctx, pend))
 
 
 def _pv_authenticate(ctx: Any, realm: str, passwd: str, flags: int, www: bool,

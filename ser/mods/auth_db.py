@@ -173,7 +173,11 @@ def _set_avps(ctx: Any, c: Credentials, row: tuple[Any, ...]) -> None:
 
 
 def authenticate(ctx: Any, realm: str, table: str, www: bool, method: str | None = None) -> int:
-    """The typed check: Kamailio's return codes (see ser.mods.auth)."""
+    """The typed check: Kamailio's return codes (see ser.mods.auth), counted."""
+    return auth.counted(ctx, _authenticate(ctx, realm, table, www, method))
+
+
+def _authenticate(ctx: Any, realm: str, table: str, www: bool, method: str | None) -> int:
     pend = auth.pre_auth(ctx, realm, www)
     if isinstance(pend, int):
         return pend

@@ -29,8 +29,15 @@ def _load(inst: Any) -> Any:
                          bool(inst.state.get("listen_tls", False)))
 
 
+STATS = ("tls:handshakes", "tls:handshake_failures")
+
+
 def _mod_init(inst: Any) -> None:
     inst.state["profiles"] = _load(inst)
+    shm = inst.state.get("shm")
+    if shm is not None:
+        for name in STATS:
+            shm.stats.declare(name)
 
     def reload() -> None:
         inst.state["profiles"] = _load(inst)

@@ -181,6 +181,13 @@ def test_python_client_wrong_password_other_id_replay(auth_server):
         assert unknown.startswith("SIP/2.0 403 Unknown user")
     finally:
         c.close()
+    stats = dict(line.split(" = ", 1) for line in ser.rpc("stats.get_statistics", "auth:"))
+    # the right password twice (alice's, then bob's on alice's REGISTER: the digest
+    # is right, the ID check is the config's), a replay, a wrong one, an unknown user
+    assert stats["auth:authenticated"] == "2", stats
+    assert stats["auth:nonce_reused"] == "1" and stats["auth:invalid_password"] == "1"
+    assert stats["auth:user_unknown"] == "1", stats
+    assert int(stats["auth:challenges"]) >= 3, stats
 
 
 def test_expired_nonce_gets_stale_true(auth_server):

@@ -7,6 +7,8 @@ import os
 import pty
 import re
 import select
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -205,3 +207,85 @@ def test_serctl_monitor_under_a_pty(server, tmp_path):
     assert re.search(r"uptime\s+\d\d:\d\d:\d\d", text)
     assert re.search(r"transactions\s+\d+", text) and re.search(r"contacts\s+\d+", text)
     assert re.search(r"blocked sources\s+0", text)
+
+
+STATS_CFG = """\
+#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+listen=udp:127.0.0.1:{port}
+listen=tls:127.0.0.1:TLS_PORT
+
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "pv.so"
+loadmodule "db_sqlite.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+loadmodule "auth_db.so"
+loadmodule "pike.so"
+loadmodule "htable.so"
+loadmodule "tls.so"
+modparam("auth_db", "db_url", "DBURL")
+modparam("htable", "htable", "a=>size=4;")
+modparam("tls", "certificate", "CERT")
+modparam("tls", "private_key", "KEY")
+
+request_route {{
+    if (!pike_check_req()) {{ exit; }}
+    $sht(a=>$si) = 1;
+    if (!www_authorize("127.0.0.1", "subscriber")) {{
+        www_challenge("127.0.0.1", "0");
+        exit;
+    }}
+    save("location");
+}}
+"""
+
+
+def test_get_statistics_covers_every_module_group(ser_factory, tmp_path):
+    """stats.get_statistics all: core, sl, tm, usrloc, registrar, auth, pike,
+    htable and tls counters, each group present and the traffic counted."""
+    db = tmp_path / "ser.db"
+    serctl = [sys.executable, "-m", "ser.serctl"]
+    subprocess.run([*serctl, "db", "init", f"sqlite://{db}"], check=True, capture_output=True)
+    subprocess.run([*serctl, "tls", "gencert", "--key", str(tmp_path / "k.pem"), "--cert",
+                    str(tmp_path / "c.pem"), "--cn", "127.0.0.1"], check=True,
+                   capture_output=True)
+    tls_port = free_port()
+    cfg = (STATS_CFG.replace("TLS_PORT", str(tls_port)).replace("DBURL", f"sqlite://{db}")
+           .replace("CERT", str(tmp_path / "c.pem")).replace("KEY", str(tmp_path / "k.pem")))
+    ser = ser_factory(cfg)
+    reply = udp_exchange(REGISTER, ser.port)
+    assert reply.startswith(b"SIP/2.0 401"), reply
+    stats = dict(line.split(" = ", 1) for line in ser.rpc("stats.get_statistics", "all"))
+    groups = {name.split(":", 1)[0] for name in stats}
+    assert {"core", "sl", "tm", "usrloc", "registrar", "auth", "pike", "htable", "tls"} <= groups, \
+        sorted(groups)
+    assert int(stats["core:rcv_requests"]) >= 1
+    assert int(stats["auth:challenges"]) == 1
+    assert int(stats["auth:authenticated"]) == 0
+    assert int(stats["pike:blocked_requests"]) == 0
+    assert "usrloc:location-contacts" in stats and "htable:shm_full" in stats
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
+            ctx.wrap_socket(raw) as conn:
+        conn.sendall(REGISTER.replace(b"SIP/2.0/UDP", b"SIP/2.0/TLS"))
+        assert conn.recv(4096).startswith(b"SIP/2.0 401")
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw:
+        raw.sendall(b"not a TLS hello\r\n" * 20)
+        try:
+            assert raw.recv(100) == b""            # closed by ser
+        except ConnectionResetError:
+            pass
+    deadline = time.monotonic() + 5
+    while True:
+        stats = dict(line.split(" = ", 1) for line in ser.rpc("stats.get_statistics", "tls:"))
+        if stats.get("tls:handshake_failures") == "1" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert stats == {"tls:handshakes": "1", "tls:handshake_failures": "1"}, stats
