@@ -45,6 +45,39 @@ STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0
 
 
+def _sockets(cfg: Any, listens: list[Any]) -> list[SocketInfo]:
+    """The listen sockets (not bound yet); tells the tls module whether it
+    serves and where relative file names start. BindError: TLS without tls."""
+    values = cfg.settings.values
+    sockets = expand(listens or list(values.get("listen", ())), int(values.get("port", 5060)),
+                     bool(values.get("disable_tcp")), bool(values.get("enable_tls")))
+    tls = cfg.modules.get("tls")
+    for si in sockets:
+        if si.proto == "tls" and tls is None:
+            raise BindError(f"listen={si}: TLS needs loadmodule \"tls.so\"")
+    if tls is not None:
+        tls.state["listen_tls"] = any(si.proto == "tls" for si in sockets)
+        tls.state["cfg_dir"] = os.path.dirname(os.path.abspath(cfg.path))
+    return sockets
+
+
+def check_modules(cfg: Any) -> list[str]:
+    """What `ser -c` checks after the script: the listen sockets against the
+    loaded modules and each module's ``check`` hook (files its parameters
+    name). No socket is bound and no module initialised."""
+    try:
+        _sockets(cfg, [])
+    except BindError as e:
+        return [str(e)]
+    errors = []
+    for inst in cfg.modules.values():
+        if inst.decl.check is not None:
+            err = inst.decl.check(inst)
+            if err:
+                errors.append(err)
+    return errors
+
+
 @dataclass
 class Options:
     """What the command line sets (see ser/cli.py)."""
@@ -124,18 +157,9 @@ class Master:
     def _prepare(self) -> None:
         opts = self.opts
         values = self.values
-        listens = opts.listens or list(values.get("listen", ()))
-        self.sockets: list[SocketInfo] = expand(
-            listens, int(values.get("port", 5060)), bool(values.get("disable_tcp")),
-            bool(values.get("enable_tls")))
-        tls = self.cfg.modules.get("tls")
+        self.sockets: list[SocketInfo] = _sockets(self.cfg, opts.listens)
         for si in self.sockets:
-            if si.proto == "tls" and tls is None:
-                raise BindError(f"listen={si}: TLS needs loadmodule \"tls.so\"")
             bind(si)
-        if tls is not None:
-            tls.state["listen_tls"] = any(si.proto == "tls" for si in self.sockets)
-            tls.state["cfg_dir"] = os.path.dirname(os.path.abspath(self.cfg.path))
         os.makedirs(opts.rundir, exist_ok=True)
         self.procs = ProcTable()
         self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
