@@ -143,7 +143,8 @@ def _at(pos: Any) -> str:
 
 def base_profiles(params: dict[str, Any], pos: dict[str, Any] | None = None) -> Profile:
     """The profile the module parameters make; ``pos``: where each was set."""
-    where = {attr: _at(pos[name]) for name, attr in _PARAM_ATTR.items() if name in (pos or {})}
+    pos = pos or {}
+    where = {attr: _at(pos[name]) for name, attr in _PARAM_ATTR.items() if name in pos}
     return Profile(where=where, method=str(params.get("tls_method") or DEFAULT_METHOD),
                    certificate=str(params.get("certificate") or ""),
                    private_key=str(params.get("private_key") or ""),
