@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ser.core import log as logmod
+from ser.core.cfgvars import NOTIFY_SIGNAL
 from ser.core.corerpc import build_registry
 from ser.core.ctl import CtlProcess, create_endpoints, ctl_paths
 from ser.core.log import log
@@ -39,7 +40,8 @@ from ser.core.timer import TimerProcess
 from ser.core.tls import TlsError
 from ser.core.udp import UdpReceiver
 
-SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+           NOTIFY_SIGNAL)
 SIGNAMES = {int(s): s.name[3:].lower() for s in signal.Signals}
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0
@@ -162,7 +164,7 @@ class Master:
             bind(si)
         os.makedirs(opts.rundir, exist_ok=True)
         self.procs = ProcTable()
-        self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
+        self.shm, self.stats, cfgvars = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
                                            int(values.get("debug", 0)) + opts.debug)
         self.shm.child_init(0)
         fifo, dgram, reply_dir = ctl_paths(self.cfg, opts.rundir)
@@ -172,6 +174,7 @@ class Master:
         if any(si.host in ("0.0.0.0", "::") for si in self.sockets):
             local = local_addresses()
         self.env = Env(self.cfg, self.sockets, self.procs, self.shm, self.stats, opts.rundir,
+                       cfgvars=cfgvars,
                        options={"local_hosts": local})
         registry = build_registry(self.cfg)
         rank = 1
@@ -342,6 +345,10 @@ class Master:
     def handle_usr1(self) -> None:
         log.info("processes: %s", self.procs.rows())
 
+    def handle_usr2(self) -> None:
+        """cfg.set* changed a run-time value (ser.core.cfgvars): apply it here."""
+        self.env.cfgvars.update()
+
     def _read_ready(self) -> None:
         try:
             data = os.read(self.ready_r, 4096)
@@ -501,7 +508,7 @@ def _version() -> str:
     return __version__
 
 
-def _create_shm(cfg: Any, mb: int, debug: int) -> tuple[Any, Any]:
+def _create_shm(cfg: Any, mb: int, debug: int) -> tuple[Any, Any, Any]:
     """The shared-memory arena, the statistics counters and the run-time
     configuration values (before the fork)."""
     from ser.core.shmstate import create

@@ -414,8 +414,11 @@ class TcpWorker(Role):
         self.sel.register(hs, _R, None)
         self.hsock = hs
         next_house = time.monotonic() + 1.0
+        poll = env.cfgvars.poll if env.cfgvars is not None else lambda: False
         while True:
-            for key, events in self.sel.select(1.0):
+            ready = self.sel.select(1.0)
+            poll()                        # run-time values changed (SIGUSR2)
+            for key, events in ready:
                 data = key.data
                 if data is None:
                     self._handoff_in()
