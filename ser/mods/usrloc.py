@@ -16,8 +16,9 @@ contacts, each a fixed struct followed by its strings (no pickle)::
 A change is one atomic read-modify-write of that record under its bucket
 lock (:meth:`UsrLoc.modify`); the record's shm expiry is its latest
 contact's, so the table drops an AoR whose contacts all expired, and the
-timer process (``timer_interval``) removes single expired contacts (it reads
-only ``min_expires`` of records that are not due).
+timer process (``timer_interval``) removes single expired contacts: one
+``Table.sweep`` reads only the leading ``min_expires`` word of each record
+and copies the keys of the due ones, which are then rewritten.
 
 Database modes (``db_mode``):
 
@@ -69,7 +70,7 @@ METHOD_BITS = {
 }
 METHOD_OTHER = 1 << 31
 
-_MIN = struct.Struct("<d")
+_MIN = struct.Struct("=d")      # native order: Table.sweep reads it as a float64 word
 _CH = struct.Struct("<ddiiIIIiB7H")
 _STR_FIELDS = ("c", "received", "path", "user_agent", "socket", "ruid", "instance")
 _EPOCH = dt.datetime(1970, 1, 1, 0, 0, 1)
@@ -430,9 +431,10 @@ class UsrLoc:
         self._stat("usrloc:location-contacts", n)
         return n
 
-    def flush(self) -> int:
-        """Write dirty contacts and deletions to the DB (db_mode 1, 2); expire
-        old rows. Returns the rows written. DbError when the DB is down."""
+    def flush(self, keys: list[bytes] | None = None) -> int:
+        """Write dirty contacts and deletions to the DB (db_mode 1, 2): of the
+        records ``keys`` (found dirty by the timer's sweep), else of every
+        record. Returns the rows written. DbError when the DB is down."""
         if self.db is None or self.db_mode == 3:
             return 0
         n = 0
@@ -441,7 +443,9 @@ class UsrLoc:
                             (rec.key.decode("utf-8", "surrogateescape"),))
             self.gone.delete(rec.key)
             n += 1
-        for rec in self.table.snapshot():
+        recs = self.table.snapshot() if keys is None else \
+            [r for r in map(self.table.get_record, keys) if r is not None]
+        for rec in recs:
             if not rec.flags & REC_DIRTY:
                 continue
             domain, _, aor = rec.key.decode("utf-8", "surrogateescape").partition("\0")
@@ -471,17 +475,20 @@ class UsrLoc:
 
     # -- the timer -------------------------------------------------------------------
     def timer(self, now: float) -> None:
+        """Expire contacts, write dirty ones (db_mode 1, 2), expire DB rows.
+        One sweep of the table finds the AoRs whose ``min_expires`` is due
+        and the dirty ones; only those are read."""
+        dirty: list[bytes] | None = None
         if self.db_mode != 3:
-            self.table.expire(now)
-            for rec in self.table.snapshot():
-                m = min_expires(rec.value)
-                if m and m <= now:
-                    self._expire_contacts(rec.key, now)
+            sw = self.table.sweep(now, flag_mask=REC_DIRTY if self.db_mode in (1, 2) else 0)
+            for key in sw.due:
+                self._expire_contacts(key, now)
+            dirty = sw.flagged
         if self.db is None:
             return
         try:
             if self.db_mode in (1, 2):
-                self.flush()
+                self.flush(dirty)
             for domain in self.domains():
                 self.db_expire(domain, now)
         except DbError:

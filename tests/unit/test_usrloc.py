@@ -123,3 +123,27 @@ def test_ruids_differ_between_forked_workers():
     mine = new_ruid()
     assert child.split("-")[2] == f"{pid:x}"
     assert mine.split("-")[2] == f"{os.getpid():x}"
+
+
+def test_timer_expires_due_contacts_and_writes_only_dirty_records(shm, tmp_path):
+    url = f"sqlite://{tmp_path}/ul.db"
+    ul = _ul(shm, db_mode=2, db_url=url)
+    now = time.time()
+    ul.modify("location", "alice", lambda old: ([_c("sip:a@1", now + 10),
+                                                 _c("sip:a@2", now + 100)], None))
+    ul.modify("location", "bob", lambda old: ([_c("sip:b@1", now + 100)], None))
+    db = Db(url)
+    ul.timer(now)                                     # write-back of both, nothing due
+    assert db.query("SELECT contact FROM location ORDER BY contact") == [
+        ("sip:a@1",), ("sip:a@2",), ("sip:b@1",)]
+    assert not ul.table.sweep(now, flag_mask=usrloc.REC_DIRTY).flagged
+    # later: only alice's first contact is due; bob's record is clean and stays so
+    db.execute("UPDATE location SET cseq = 99 WHERE contact = 'sip:b@1'")
+    ul.timer(now + 50)
+    assert [c.c for c in decode(ul.table.get(usrloc._key("location", "alice")))] == ["sip:a@2"]
+    assert usrloc.min_expires(ul.table.get(usrloc._key("location", "alice"))) == now + 100
+    assert db.query("SELECT contact, cseq FROM location ORDER BY contact") == [
+        ("sip:a@2", 0), ("sip:b@1", 99)]
+    ul.timer(now + 200)
+    assert len(ul.table) == 0
+    assert db.query("SELECT count(*) FROM location")[0][0] == 0
