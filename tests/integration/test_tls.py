@@ -380,6 +380,9 @@ def test_seed_06_tls_runs_as_written(ser_factory, certs, tmp_path):
                         "tcp_children=2\nloadmodule \"jsonrpcs.so\"", 1)
     upstream, got = _tls_upstream(certs, up_port)
     ser = ser_factory(text, port=port)
+    ok = subprocess.run([SER, "-c", "-f", str(ser.cfg)], capture_output=True, text=True,
+                        timeout=30)
+    assert ok.returncode == 0 and "config file ok" in ok.stdout, ok.stderr
     phone = Peer.tls(port, client_ctx(certs))
     try:
         for i, ruri in enumerate(("sip:bob@secure.example", "sip:bob@other.example")):
@@ -444,6 +447,11 @@ def test_seed_07_tls_config_file(ser_factory, certs):
     for src, dst in ((certs.server_key, "default_key.pem"), (certs.server, "default_cert.pem"),
                      (certs.ca, "default_ca.pem")):
         (ser.tmp / dst).write_bytes(Path(src).read_bytes())
+    # `ser -c` finds the profile file and its certificates as the start does:
+    # relative to the main config's directory, whatever the working directory
+    ok = subprocess.run([SER, "-c", "-f", str(ser.cfg)], capture_output=True, text=True,
+                        timeout=30, cwd="/")
+    assert ok.returncode == 0 and "config file ok" in ok.stdout, ok.stderr
     ser.start()
     phone = Peer.tls(port, client_ctx(certs))
     try:
