@@ -181,8 +181,13 @@ def test_sweep_expires_and_finds_due_and_flagged_records(shm):
     sw = t.sweep(100.0, lead_due=False, flag_mask=2)
     assert sw.expired == 0 and sw.due == []
     assert sorted(sw.flagged) == [b"due-flagged", b"k0", b"k100", b"k150", b"k50"]
+    # in slices of buckets: the halves find what the whole does, out of range nothing
+    halves = [t.sweep(1001.0, buckets=(0, 2)), t.sweep(1001.0, buckets=(2, 9))]
+    assert sum(h.expired for h in halves) == 1 and t.get(b"due") is None
+    assert all(h.due for h in halves) and t.sweep(1001.0, buckets=(4, 1)).due == []
+    assert t.nbuckets == 4
     sw = t.sweep(1001.0)
-    assert sw.expired == 1 and t.get(b"due") is None
+    assert sorted(halves[0].due + halves[1].due) == sorted(sw.due) and sw.expired == 0
     assert sorted(sw.due) == [b"", b"due-flagged", b"k0", b"k1", b"later"]
     assert len(t) == 205 and t.check() == 205
 
