@@ -47,7 +47,8 @@ run: install
 		$(SER_ARGS) -f $(CFG)
 
 check: install
-	$(BIN)/ser -c $(foreach w,$(WITH),-A WITH_$(w)) $(SER_ARGS) -f $(CFG)
+	$(BIN)/ser -c -A 'DBURL="$(DBURL)"' -A 'TLS_CERT="$(TLS_CERT)"' -A 'TLS_KEY="$(TLS_KEY)"' \
+		$(foreach w,$(WITH),-A WITH_$(w)) $(SER_ARGS) -f $(CFG)
 
 lint: install
 	$(BIN)/ruff check ser tests bench scripts

@@ -49,11 +49,15 @@ def check(path: str, defines: dict[str, str | None]) -> int:
     cfg = check_config(path, defines)
     for w in cfg.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
-    if cfg.errors:
-        for e in cfg.errors:
-            print(str(e), file=sys.stderr)
-        print(f"ERROR: bad config file ({len(cfg.errors)} error"
-              f"{'' if len(cfg.errors) == 1 else 's'} found)", file=sys.stderr)
+    errors = [str(e) for e in cfg.errors]
+    if not errors:
+        from ser.core.master import check_modules
+        errors = check_modules(cfg)
+    if errors:
+        for e in errors:
+            print(e, file=sys.stderr)
+        print(f"ERROR: bad config file ({len(errors)} error"
+              f"{'' if len(errors) == 1 else 's'} found)", file=sys.stderr)
         return 1
     print(f"config file ok, exiting... ({path})")
     return 0

@@ -7,15 +7,18 @@ run time (:data:`CORE_VARS`: ``core.debug``) and stores the values in a
 small block of the shared-memory arena before the fork: one 64-bit word per
 variable plus a generation word. Writing a value (``cfg.seti core debug 3``
 in the control process) stores the word, bumps the generation and sends
-SIGUSR2 to every process of the table. The handler — installed in the master
-before the fork, so every child inherits it — compares the generation with
-the one this process last applied and, when it moved, applies the values
-(``debug`` sets the log level). Python runs signal handlers between
-bytecodes of the main thread, never inside a C call such as ``recvfrom``,
-and the handler only reads words and sets the logger level, so it needs no
-lock. A child forked later applies the values once in its ``child_init``
-(``CfgVars.update``). A process may override ``debug`` for itself
-(``kex``'s ``setdebug``) until ``resetdebug``.
+SIGUSR2 to every process of the table. The signal handler only records
+that the signal came (:meth:`CfgVars.record`); each process's loop calls
+:meth:`CfgVars.poll` between its events — a UDP receiver before each
+datagram, a TCP worker and the control process after each ``select``, the
+timer after each sleep, the master in ``handle_usr2`` — which compares the
+generation with the one this process last applied and, when it moved,
+applies the values (``debug`` sets the log level). So the next message a
+worker handles after the RPC returned is logged at the new level. A child
+installs the handler and applies the values once at its start
+(``ser.core.roles.child_main``), so a change made while it was being forked
+is not lost. A process may override ``debug`` for itself (``kex``'s
+``setdebug``) until ``resetdebug``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class CfgVars:
         self._base = offset >> 3
         self.seen = -1
         self.local_debug: int | None = None
+        self.signalled = False
 
     @classmethod
     def create(cls, arena: Any, initial: dict[str, int],
@@ -129,6 +133,17 @@ class CfgVars:
         self.update()
         return n
 
+    def record(self, signum: int, frame: Any) -> None:
+        """The SIGUSR2 handler of a child: only note it; ``poll`` does the work."""
+        self.signalled = True
+
+    def poll(self) -> bool:
+        """From a process's loop: apply the values if a signal said they changed."""
+        if not self.signalled:
+            return False
+        self.signalled = False
+        return self.update()
+
     def install_handler(self) -> None:
-        """In the master before the fork: every child inherits the handler."""
-        signal.signal(NOTIFY_SIGNAL, lambda signum, frame: self.update())
+        """In a child at its start (the master dispatches SIGUSR2 itself)."""
+        signal.signal(NOTIFY_SIGNAL, self.record)

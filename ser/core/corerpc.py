@@ -93,6 +93,7 @@ def core_tcp_info(ctx: RpcContext) -> dict[str, Any]:
     return {"readers": sum(1 for r in ctx.procs.rows() if r["ROLE"] == "tcp"),
             "max_connections": int(values.get("tcp_max_connections", 2048)),
             "max_tls_connections": int(values.get("tls_max_connections", 2048)),
+            "max_connections_per_ip": int(values.get("tcp_max_connections_per_ip", 256)),
             "opened_connections": opened, "opened_tls_connections": opened_tls,
             "write_queued_bytes": 0}
 

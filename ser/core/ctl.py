@@ -114,8 +114,11 @@ class CtlProcess(Role):
                 sel.register(lsock, selectors.EVENT_READ, "http")
                 log.info("ctl: JSON-RPC at http://%s:%d/RPC, metrics at /metrics", *where)
         buf = b""
+        poll = env.cfgvars.poll if env.cfgvars is not None else lambda: False
         while True:
-            for key, _ in sel.select(1.0 if self.http_conns else None):
+            ready = sel.select(1.0 if self.http_conns else None)
+            poll()                        # run-time values changed (SIGUSR2)
+            for key, _ in ready:
                 if key.data == "dgram":
                     self._dgram()
                 elif key.data == "http":

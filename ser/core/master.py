@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ser.core import log as logmod
+from ser.core.cfgvars import NOTIFY_SIGNAL
 from ser.core.corerpc import build_registry
 from ser.core.ctl import CtlProcess, create_endpoints, ctl_paths
 from ser.core.log import log
@@ -39,10 +40,44 @@ from ser.core.timer import TimerProcess
 from ser.core.tls import TlsError
 from ser.core.udp import UdpReceiver
 
-SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+           NOTIFY_SIGNAL)
 SIGNAMES = {int(s): s.name[3:].lower() for s in signal.Signals}
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0
+
+
+def _sockets(cfg: Any, listens: list[Any]) -> list[SocketInfo]:
+    """The listen sockets (not bound yet); tells the tls module whether it
+    serves and where relative file names start. BindError: TLS without tls."""
+    values = cfg.settings.values
+    sockets = expand(listens or list(values.get("listen", ())), int(values.get("port", 5060)),
+                     bool(values.get("disable_tcp")), bool(values.get("enable_tls")))
+    tls = cfg.modules.get("tls")
+    for si in sockets:
+        if si.proto == "tls" and tls is None:
+            raise BindError(f"listen={si}: TLS needs loadmodule \"tls.so\"")
+    if tls is not None:
+        tls.state["listen_tls"] = any(si.proto == "tls" for si in sockets)
+        tls.state["cfg_dir"] = os.path.dirname(os.path.abspath(cfg.path))
+    return sockets
+
+
+def check_modules(cfg: Any) -> list[str]:
+    """What `ser -c` checks after the script: the listen sockets against the
+    loaded modules and each module's ``check`` hook (files its parameters
+    name). No socket is bound and no module initialised."""
+    try:
+        _sockets(cfg, [])
+    except BindError as e:
+        return [str(e)]
+    errors = []
+    for inst in cfg.modules.values():
+        if inst.decl.check is not None:
+            err = inst.decl.check(inst)
+            if err:
+                errors.append(err)
+    return errors
 
 
 @dataclass
@@ -124,21 +159,12 @@ class Master:
     def _prepare(self) -> None:
         opts = self.opts
         values = self.values
-        listens = opts.listens or list(values.get("listen", ()))
-        self.sockets: list[SocketInfo] = expand(
-            listens, int(values.get("port", 5060)), bool(values.get("disable_tcp")),
-            bool(values.get("enable_tls")))
-        tls = self.cfg.modules.get("tls")
+        self.sockets: list[SocketInfo] = _sockets(self.cfg, opts.listens)
         for si in self.sockets:
-            if si.proto == "tls" and tls is None:
-                raise BindError(f"listen={si}: TLS needs loadmodule \"tls.so\"")
             bind(si)
-        if tls is not None:
-            tls.state["listen_tls"] = any(si.proto == "tls" for si in self.sockets)
-            tls.state["cfg_dir"] = os.path.dirname(os.path.abspath(self.cfg.path))
         os.makedirs(opts.rundir, exist_ok=True)
         self.procs = ProcTable()
-        self.shm, self.stats = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
+        self.shm, self.stats, cfgvars = _create_shm(self.cfg, opts.shm_mb or int(values.get("shm_mem", 64)),
                                            int(values.get("debug", 0)) + opts.debug)
         self.shm.child_init(0)
         fifo, dgram, reply_dir = ctl_paths(self.cfg, opts.rundir)
@@ -148,6 +174,7 @@ class Master:
         if any(si.host in ("0.0.0.0", "::") for si in self.sockets):
             local = local_addresses()
         self.env = Env(self.cfg, self.sockets, self.procs, self.shm, self.stats, opts.rundir,
+                       cfgvars=cfgvars,
                        options={"local_hosts": local})
         registry = build_registry(self.cfg)
         rank = 1
@@ -318,6 +345,10 @@ class Master:
     def handle_usr1(self) -> None:
         log.info("processes: %s", self.procs.rows())
 
+    def handle_usr2(self) -> None:
+        """cfg.set* changed a run-time value (ser.core.cfgvars): apply it here."""
+        self.env.cfgvars.update()
+
     def _read_ready(self) -> None:
         try:
             data = os.read(self.ready_r, 4096)
@@ -477,7 +508,7 @@ def _version() -> str:
     return __version__
 
 
-def _create_shm(cfg: Any, mb: int, debug: int) -> tuple[Any, Any]:
+def _create_shm(cfg: Any, mb: int, debug: int) -> tuple[Any, Any, Any]:
     """The shared-memory arena, the statistics counters and the run-time
     configuration values (before the fork)."""
     from ser.core.shmstate import create

@@ -4,8 +4,8 @@ A module (``ser/mods/<name>.py`` or a package) defines exactly one
 ``exports = Module(...)`` naming everything it offers the core and the
 script: parameters (type, default, check, doc), script functions (argument
 spec, the route types that may call them, a fixup run once at load time, and
-the callable), pseudo-variables, RPC methods and the hooks ``mod_init``,
-``child_init(rank)`` and ``destroy``. Nothing is registered anywhere else; the
+the callable), pseudo-variables, RPC methods and the hooks ``check``,
+``mod_init``, ``child_init(rank)`` and ``destroy``. Nothing is registered anywhere else; the
 config checker, the compiler, the RPC registry and the generated docs all
 read these declarations.
 
@@ -168,6 +168,10 @@ class Module:
     pvs: tuple[PVDecl, ...] = ()
     rpc: tuple[RPCMethod, ...] = ()
     timers: tuple[Timer, ...] = ()
+    # check(instance) -> error or None: what the parameters name outside the
+    # script (files), without side effects; run by `ser -c` (mod_init makes
+    # the same checks at start)
+    check: Callable[[ModuleInstance], str | None] | None = None
     mod_init: Callable[[ModuleInstance], None] | None = None
     child_init: Callable[[ModuleInstance, int], None] | None = None
     destroy: Callable[[ModuleInstance], None] | None = None
@@ -201,6 +205,8 @@ class ModuleInstance:
     params: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     set_params: set[str] = field(default_factory=set)     # names given with modparam
+    # parameter name -> where its (last) modparam value is, for messages
+    param_pos: dict[str, Pos] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for p in self.decl.params:

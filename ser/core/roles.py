@@ -37,6 +37,7 @@ class Env:
     started: float = 0.0
     rank: int = 0
     rt: Runtime | None = None
+    cfgvars: Any = None            # ser.core.cfgvars.CfgVars; its poll() belongs in every loop
 
 
 class Role:
@@ -76,6 +77,9 @@ def child_main(role: Role, env: Env) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    if env.cfgvars is not None:
+        env.cfgvars.install_handler()
+        env.cfgvars.update()        # a change made while this child was forked
     try:
         if env.shm is not None:
             env.shm.child_init(role.rank)

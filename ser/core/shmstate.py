@@ -22,7 +22,7 @@ CORE_STATS = (
 )
 
 
-def create(cfg: Any, mb: int, debug: int | None = None) -> tuple[Shm, Any]:
+def create(cfg: Any, mb: int, debug: int | None = None) -> tuple[Shm, Any, CfgVars]:
     remove_stale()            # segments of masters that died without cleaning up
     shm = Shm.create(segment_name(), mb << 20, max_procs=MAX_PROCS)
     for name in CORE_STATS:
@@ -30,10 +30,9 @@ def create(cfg: Any, mb: int, debug: int | None = None) -> tuple[Shm, Any]:
     if debug is None:
         debug = int(cfg.settings.values.get("debug", 0))
     cfgvars = CfgVars.create(shm.arena, {"core.debug": max(-5, min(3, debug))})
-    cfgvars.install_handler()
     for inst in cfg.modules.values():
         inst.state["shm"] = shm
         inst.state["cfgvars"] = cfgvars
     shm.create_table(SHV_TABLE, 4)          # $shv(name)
     testhooks.create(shm)
-    return shm, shm.stats
+    return shm, shm.stats, cfgvars

@@ -18,7 +18,8 @@ are global: each worker reserves a place in the shared *connection count*
 before it keeps a connection and gives it back on every close; the count
 is kept per worker rank, so when a worker dies (even by SIGKILL, its
 connections dying with it) the master drops that rank's share.
-``tcp_max_connections_per_ip`` is counted per worker.
+``tcp_max_connections_per_ip`` is global the same way: a record per source
+address with a row per rank, counting the connections accepted from it.
 
 One process owns each connection (a TLS session cannot move between
 processes). The *connection table* (a shared-memory table, ``tcp_conn``)
@@ -65,10 +66,15 @@ _STATE_NAMES = {CONNECTING: "connecting", HANDSHAKE: "handshake", OPEN: "establi
 _ALIAS_PARAM = re.compile(rb";\s*alias\s*(?:[;,=]|$)", re.I)
 _COUNT_KEY = b"n|conns"
 _COUNT = struct.Struct("<iII")         # rank, stream connections, of which tls
+_IP_PREFIX = b"n|ip|"
 
 
 def _addr_key(proto: str, host: str, port: int) -> bytes:
     return f"a|{proto}|{host}|{port}".encode()
+
+
+def _ip_key(ip: str) -> bytes:
+    return _IP_PREFIX + ip.encode()
 
 
 # ---------------------------------------------------------------------- shared side
@@ -158,7 +164,9 @@ class ConnTable:
                 n += self.t.delete(rec.key)
         return n
 
-    # -- the global connection count (one record: a row per worker rank) ---------
+    # -- the global connection counts (a record of rows per worker rank) -------------
+    # _COUNT_KEY: every stream connection (and the TLS ones); _ip_key(ip): the
+    # connections accepted from ip (tcp_max_connections_per_ip)
     @staticmethod
     def _counts(v: bytes | None) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
@@ -170,8 +178,7 @@ class ConnTable:
     def _pack(counts: dict[int, list[int]]) -> bytes:
         return b"".join(_COUNT.pack(r, n, t) for r, (n, t) in sorted(counts.items()) if n)
 
-    def reserve(self, rank: int, tls: bool, max_all: int, max_tls: int) -> bool:
-        """Count one more connection of ``rank`` unless a limit is reached."""
+    def _take(self, key: bytes, rank: int, tls: bool, max_all: int, max_tls: int) -> bool:
         ok = False
 
         def fn(v: bytes | None) -> bytes | None:
@@ -185,10 +192,10 @@ class ConnTable:
             row[1] += int(tls)
             ok = True
             return self._pack(counts)
-        self.t.update(_COUNT_KEY, fn)
+        self.t.update(key, fn)
         return ok
 
-    def release(self, rank: int, tls: bool) -> None:
+    def _give(self, key: bytes, rank: int, tls: bool) -> None:
         def fn(v: bytes | None) -> bytes | None:
             counts = self._counts(v)
             row = counts.get(rank)
@@ -196,10 +203,39 @@ class ConnTable:
                 row[0] = max(0, row[0] - 1)
                 row[1] = max(0, row[1] - int(tls))
             return self._pack(counts) or None
-        self.t.update(_COUNT_KEY, fn)
+        self.t.update(key, fn)
+
+    def reserve(self, rank: int, tls: bool, max_all: int, max_tls: int) -> bool:
+        """Count one more connection of ``rank`` unless a limit is reached."""
+        return self._take(_COUNT_KEY, rank, tls, max_all, max_tls)
+
+    def release(self, rank: int, tls: bool, ip: str = "") -> None:
+        """A connection of ``rank`` closed (``ip``: an accepted one, from there)."""
+        self._give(_COUNT_KEY, rank, tls)
+        if ip:
+            self._give(_ip_key(ip), rank, False)
+
+    def admit(self, rank: int, ip: str, tls: bool, max_all: int, max_tls: int,
+              max_per_ip: int) -> str | None:
+        """Count a connection accepted from ``ip``; the limit that refuses it, or None."""
+        if not self._take(_ip_key(ip), rank, False, max_per_ip, 0):
+            return "tcp_max_connections_per_ip"
+        if self._take(_COUNT_KEY, rank, tls, max_all, max_tls):
+            return None
+        self._give(_ip_key(ip), rank, False)
+        return "tls_max_connections" if tls and self.counts()[0] < max_all \
+            else "tcp_max_connections"
 
     def release_rank(self, rank: int) -> tuple[int, int]:
-        """Drop every connection counted for ``rank``; returns (all, tls) dropped."""
+        """Drop every connection counted for ``rank`` (in the total and in
+        every source address's count); returns (all, tls) dropped."""
+        dropped = self._drop_rank(_COUNT_KEY, rank)
+        for rec in self.t.snapshot():
+            if rec.key.startswith(_IP_PREFIX):
+                self._drop_rank(rec.key, rank)
+        return dropped
+
+    def _drop_rank(self, key: bytes, rank: int) -> tuple[int, int]:
         dropped = (0, 0)
 
         def fn(v: bytes | None) -> bytes | None:
@@ -208,8 +244,12 @@ class ConnTable:
             n, t = counts.pop(rank, (0, 0))
             dropped = (n, t)
             return self._pack(counts) or None
-        self.t.update(_COUNT_KEY, fn)
+        self.t.update(key, fn)
         return dropped
+
+    def per_ip(self, ip: str) -> int:
+        """Connections accepted from ``ip`` open in every worker together."""
+        return sum(n for n, _ in self._counts(self.t.get(_ip_key(ip))).values())
 
     def counts(self) -> tuple[int, int]:
         """(stream connections, of which tls) open in every worker together."""
@@ -363,7 +403,6 @@ class TcpWorker(Role):
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.by_id: dict[int, Conn] = {}
-        self.per_ip: dict[str, int] = {}
         self.by_dest: dict[tuple[str, str, int], Conn] = {}
         self.next_id = 1
         for si in self.listeners:
@@ -375,8 +414,11 @@ class TcpWorker(Role):
         self.sel.register(hs, _R, None)
         self.hsock = hs
         next_house = time.monotonic() + 1.0
+        poll = env.cfgvars.poll if env.cfgvars is not None else lambda: False
         while True:
-            for key, events in self.sel.select(1.0):
+            ready = self.sel.select(1.0)
+            poll()                        # run-time values changed (SIGUSR2)
+            for key, events in ready:
                 data = key.data
                 if data is None:
                     self._handoff_in()
@@ -413,12 +455,12 @@ class TcpWorker(Role):
                 _log(logging.ERROR, "accept on %s failed: %s", si, e)
                 return
             ip = addr[0]
-            if self.per_ip.get(ip, 0) >= self.max_per_ip or \
-                    not self.table.reserve(self.rank, si.proto == "tls", self.max_conns,
-                                           self.max_tls):
+            limit = self.table.admit(self.rank, ip, si.proto == "tls", self.max_conns,
+                                     self.max_tls, self.max_per_ip)
+            if limit:
                 self.core.stats.inc("core:tcp_refused")
-                _log(logging.WARNING, "%s connection from %s:%s refused: limit reached",
-                     si.proto, ip, addr[1])
+                _log(logging.WARNING, "%s connection from %s:%s refused: limit reached (%s)",
+                     si.proto, ip, addr[1], limit)
                 sock.close()
                 continue
             c = Conn(sock, si, (ip, addr[1]), self.max_size, si.proto, self._new_id(),
@@ -426,7 +468,7 @@ class TcpWorker(Role):
             if si.proto == "tls":
                 profiles = self._profiles()
                 if profiles is None:
-                    self.table.release(self.rank, True)
+                    self.table.release(self.rank, True, ip)
                     sock.close()
                     continue
                 from OpenSSL import SSL
@@ -445,7 +487,6 @@ class TcpWorker(Role):
         c.sock.setblocking(False)
         self.conns[c.fd] = c
         self.by_id[c.cid] = c
-        self.per_ip[c.addr[0]] = self.per_ip.get(c.addr[0], 0) + 1
         c.dests.append((c.proto, c.addr[0], c.addr[1]))
         self.by_dest[c.dests[0]] = c
         c.ev = _W if c.state == CONNECTING else _R
@@ -488,17 +529,12 @@ class TcpWorker(Role):
         self.sel.unregister(c.sock)
         del self.conns[fd]
         self.by_id.pop(c.cid, None)
-        n = self.per_ip.get(c.addr[0], 1) - 1
-        if n:
-            self.per_ip[c.addr[0]] = n
-        else:
-            self.per_ip.pop(c.addr[0], None)
         for d in c.dests:
             if self.by_dest.get(d) is c:
                 del self.by_dest[d]
         try:
             self.table.drop(c.keys, self.rank, c.cid)
-            self.table.release(self.rank, c.proto == "tls")
+            self.table.release(self.rank, c.proto == "tls", "" if c.outgoing else c.addr[0])
         except Exception as e:  # noqa: BLE001
             _log(logging.ERROR, "connection table: %s", e)
         c.fd = -1

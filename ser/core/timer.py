@@ -37,6 +37,7 @@ class TimerProcess(Role):
         for t in env.options.get("core_timers", ()):
             heapq.heappush(heap, (now + t.interval, n, t, None))
             n += 1
+        poll = env.cfgvars.poll if env.cfgvars is not None else lambda: False
         if not heap:
             while True:
                 time.sleep(3600)
@@ -45,6 +46,7 @@ class TimerProcess(Role):
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            poll()                        # run-time values changed (SIGUSR2)
             heapq.heapreplace(heap, (max(due + t.interval, time.monotonic()), i, t, inst))  # type: ignore[attr-defined]
             try:
                 t.fn(inst, time.time())  # type: ignore[attr-defined]

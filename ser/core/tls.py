@@ -25,7 +25,9 @@ connection with an ``SSL.Connection`` over its non-blocking socket.
 
 from __future__ import annotations
 
+import ast
 import configparser
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -78,6 +80,8 @@ class Profile:
     server_name: str = ""
     server_name_mode: int = 0
     origin: str = "modparam"
+    # setting -> "file:line[:col]" it was given at (a modparam or a line of the file)
+    where: dict[str, str] = field(default_factory=dict, repr=False)
     ctx: Any = field(default=None, repr=False)
 
     @property
@@ -128,8 +132,20 @@ def resolve_path(path: str, cfg_dir: str) -> str:
     return os.path.join(cfg_dir, path)
 
 
-def base_profiles(params: dict[str, Any]) -> Profile:
-    return Profile(method=str(params.get("tls_method") or DEFAULT_METHOD),
+_PARAM_ATTR = {"tls_method": "method", "certificate": "certificate",
+               "private_key": "private_key", "ca_list": "ca_list", "crl": "crl",
+               "cipher_list": "cipher_list"}
+
+
+def _at(pos: Any) -> str:
+    return ":".join(str(x) for x in pos)
+
+
+def base_profiles(params: dict[str, Any], pos: dict[str, Any] | None = None) -> Profile:
+    """The profile the module parameters make; ``pos``: where each was set."""
+    pos = pos or {}
+    where = {attr: _at(pos[name]) for name, attr in _PARAM_ATTR.items() if name in pos}
+    return Profile(where=where, method=str(params.get("tls_method") or DEFAULT_METHOD),
                    certificate=str(params.get("certificate") or ""),
                    private_key=str(params.get("private_key") or ""),
                    ca_list=str(params.get("ca_list") or ""),
@@ -142,37 +158,41 @@ def base_profiles(params: dict[str, Any]) -> Profile:
 
 
 def parse_config_file(path: str, base: Profile) -> list[Profile]:
-    """The profiles of a tls.cfg file; TlsError names the file and the problem."""
+    """The profiles of a tls.cfg file; TlsError says ``path:line: what is wrong``."""
     parser = configparser.ConfigParser(interpolation=None, strict=True,
                                        inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         with open(path) as f:
-            parser.read_string(_number_sections(f.read()), path)
+            text, where = _number_sections(f.read())
+        parser.read_string(text, path)
     except OSError as e:
         raise TlsError(f"tls config file {path}: {e.strerror}") from None
     except configparser.Error as e:
-        why = re.sub(re.escape(_SECT_NO) + r"\d+", "", str(e)).replace("\n", " ")
-        raise TlsError(f"tls config file {path}: {why}") from None
+        raise TlsError(_parse_error(path, e)) from None
     out: list[Profile] = []
     seen: set[str] = set()
     for numbered in parser.sections():
         sect = numbered.rpartition(_SECT_NO)[0]
+        line, keys = where[int(numbered.rpartition(_SECT_NO)[2]) - 1]
+        at = f"{path}:{line}: [{sect}]"
         role, _, addr = sect.partition(":")
         role = role.strip().lower()
         addr = addr.strip() or "default"
         if role not in ("server", "client"):
-            raise TlsError(f"tls config file {path}: section [{sect}] must be "
-                           f"[server:...] or [client:...]")
+            raise TlsError(f"{at} must be [server:...] or [client:...]")
         if addr.lower() in ("default", "any"):
             addr = "default"
         # the server_name module parameter is the name ser sends as a client
-        prof = replace(base, role=role, addr=_norm_addr(addr), origin=path,
-                       server_name=base.server_name if role == "client" else "")
+        prof = replace(base, role=role, addr=_norm_addr(addr), origin=f"{path}:{line}",
+                       server_name=base.server_name if role == "client" else "",
+                       where=dict(base.where))
         for key, value in parser.items(numbered):
+            kat = f"{path}:{keys.get(key.strip().lower(), line)}: [{sect}] {key}"
             attr = _KEYS.get(key.strip().lower(), "?")
             if attr == "?":
-                raise TlsError(f"tls config file {path}: [{sect}]: unknown option '{key}'")
+                raise TlsError(f"{kat}: unknown option (known: "
+                               f"{', '.join(k for k, v in _KEYS.items() if v)})")
             if attr is None:
                 continue
             value = value.strip()
@@ -183,38 +203,62 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
                     setattr(prof, attr, int(value))
                 else:
                     setattr(prof, attr, value)
+                    prof.where[attr] = f"{path}:{keys.get(key.strip().lower(), line)}"
             except (TlsError, ValueError) as e:
-                raise TlsError(f"tls config file {path}: [{sect}] {key}: {e}") from None
+                raise TlsError(f"{kat}: {e}") from None
         err = check_method(prof.method)
         if err:
-            raise TlsError(f"tls config file {path}: [{sect}] method: {err}")
+            raise TlsError(f"{path}:{keys.get('method', keys.get('tls_method', line))}: "
+                           f"[{sect}] method: {err}")
         if prof.server_name_mode not in (0, 1, 2):
-            raise TlsError(f"tls config file {path}: [{sect}] server_name_mode: "
-                           f"{prof.server_name_mode} is not 0, 1 or 2")
+            raise TlsError(f"{path}:{keys.get('server_name_mode', line)}: [{sect}] "
+                           f"server_name_mode: {prof.server_name_mode} is not 0, 1 or 2")
         if prof.name in seen:
             what = "" if prof.role == "client" else \
                 f" with server_name {prof.server_name}" if prof.server_name else \
                 " (give each server section of an address its own server_name)"
-            raise TlsError(f"tls config file {path}: [{sect}]{what} is defined twice")
+            raise TlsError(f"{at}{what} is defined twice")
         seen.add(prof.name)
         out.append(prof)
     return out
 
 
 _SECT_NO = "~~"
+_KEY_LINE = re.compile(r"\s*([^\s#;=:\[][^=:]*?)\s*[=:]")
 
 
-def _number_sections(text: str) -> str:
+def _number_sections(text: str) -> tuple[str, list[tuple[int, dict[str, int]]]]:
     """Make repeated section names distinct for configparser: ``[a]`` becomes
-    ``[a~~N]``, N counting the sections (``parse_config_file`` strips it)."""
-    out, n = [], 0
-    for line in text.splitlines():
+    ``[a~~N]``, N counting the sections (``parse_config_file`` strips it).
+    Also where each section and each of its keys is: (line, {key: line})."""
+    out: list[str] = []
+    where: list[tuple[int, dict[str, int]]] = []
+    for no, line in enumerate(text.splitlines(), 1):
         t = line.strip()
         if t.startswith("[") and t.endswith("]"):
-            n += 1
-            line = f"[{t[1:-1]}{_SECT_NO}{n}]"
+            where.append((no, {}))
+            line = f"[{t[1:-1]}{_SECT_NO}{len(where)}]"
+        elif where and (m := _KEY_LINE.match(line)):
+            where[-1][1].setdefault(m.group(1).lower(), no)
         out.append(line)
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", where
+
+
+def _parse_error(path: str, e: configparser.Error) -> str:
+    """``path:line: what`` for what configparser refused."""
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        return (f"{path}:{e.lineno}: '{e.line.strip()}' comes before any section "
+                f"(start with [server:default], [client:default], [server:IP:PORT] ...)")
+    if isinstance(e, configparser.ParsingError) and e.errors:
+        lineno, line = e.errors[0]          # line is repr()'d by configparser
+        with contextlib.suppress(ValueError, SyntaxError):
+            line = ast.literal_eval(line)
+        return f"{path}:{lineno}: cannot parse '{str(line).strip()}' (want 'name = value')"
+    if isinstance(e, configparser.DuplicateOptionError):
+        sect = e.section.rpartition(_SECT_NO)[0]
+        return f"{path}:{e.lineno}: [{sect}] option '{e.option}' is given twice"
+    why = re.sub(re.escape(_SECT_NO) + r"\d+", "", str(e)).replace("\n", " ")
+    return f"tls config file {path}: {why}"
 
 
 def _norm_addr(addr: str) -> str:
@@ -258,19 +302,27 @@ class Profiles:
                 for p in self.by_name.values()]
 
 
-def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool) -> Profiles:
-    """Read every profile and build its context; TlsError on the first problem."""
+def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool,
+                  pos: dict[str, Any] | None = None) -> Profiles:
+    """Read every profile and build its context; TlsError on the first problem.
+    ``pos`` (param name -> (file, line, col) of its modparam) puts the
+    place of a bad setting in front of the message."""
     err = check_method(params.get("tls_method") or DEFAULT_METHOD)
     if err:
         raise TlsError(f"tls_method: {err}")
-    base = base_profiles(params)
+    base = base_profiles(params, pos)
     profiles = {"server:default": replace(base, role="server", server_name=""),
                 "client:default": replace(base, role="client")}
     cfile = str(params.get("config") or "")
     if cfile:
         cfile = resolve_path(cfile, cfg_dir)
-        for p in parse_config_file(cfile, base):
-            profiles[p.name] = p
+        try:
+            for p in parse_config_file(cfile, base):
+                profiles[p.name] = p
+        except TlsError as e:
+            if pos and "config" in pos and not str(e).startswith(cfile + ":"):
+                raise TlsError(f"{_at(pos['config'])}: {e}") from None
+            raise
     for p in profiles.values():
         for attr in ("certificate", "private_key", "ca_list", "crl"):
             setattr(p, attr, resolve_path(getattr(p, attr), cfg_dir))
@@ -321,27 +373,30 @@ def build_context(p: Profile) -> SSL.Context:
         ctx.set_max_proto_version(rng[1])
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-    where = f"tls profile {p.name} ({p.origin})"
+    def where(attr: str) -> str:
+        at = p.where.get(attr) or (p.origin if p.origin != "modparam" else "")
+        return f"{at + ': ' if at else ''}tls profile {p.name} ({p.origin})"
     if p.certificate:
         try:
             ctx.use_certificate_chain_file(p.certificate)
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where}: cannot load certificate {p.certificate}: "
+            raise TlsError(f"{where('certificate')}: cannot load certificate {p.certificate}: "
                            f"{_why(e, p.certificate)}") from None
+        key = p.private_key or p.certificate
         try:
-            ctx.use_privatekey_file(p.private_key or p.certificate)
+            ctx.use_privatekey_file(key)
             ctx.check_privatekey()
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where}: cannot load private key {p.private_key or p.certificate}"
-                           f": {_why(e, p.private_key or p.certificate)}") from None
+            raise TlsError(f"{where('private_key' if p.private_key else 'certificate')}: "
+                           f"cannot load private key {key}: {_why(e, key)}") from None
     elif p.role == "server":
-        raise TlsError(f"{where}: no certificate (set modparam(\"tls\", \"certificate\", ...) "
+        raise TlsError(f"{where('certificate')}: no certificate (set modparam(\"tls\", \"certificate\", ...) "
                        f"or 'certificate' in the config file; `serctl tls gencert` makes one)")
     if p.ca_list:
         try:
             ctx.load_verify_locations(p.ca_list)
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where}: cannot load ca_list {p.ca_list}: "
+            raise TlsError(f"{where('ca_list')}: cannot load ca_list {p.ca_list}: "
                            f"{_why(e, p.ca_list)}") from None
         if p.role == "server":
             try:
@@ -359,12 +414,12 @@ def build_context(p: Profile) -> SSL.Context:
             ctx.get_cert_store().add_crl(crl)
             ctx.get_cert_store().set_flags(crypto.X509StoreFlags.CRL_CHECK)
         except (crypto.Error, OSError, ValueError) as e:
-            raise TlsError(f"{where}: cannot load crl {p.crl}: {_why(e, p.crl)}") from None
+            raise TlsError(f"{where('crl')}: cannot load crl {p.crl}: {_why(e, p.crl)}") from None
     if p.cipher_list:
         try:
             ctx.set_cipher_list(p.cipher_list.encode())
         except SSL.Error as e:
-            raise TlsError(f"{where}: bad cipher_list '{p.cipher_list}': {e}") from None
+            raise TlsError(f"{where('cipher_list')}: bad cipher_list '{p.cipher_list}': {e}") from None
     mode = SSL.VERIFY_NONE
     if p.role == "server":
         if p.verify_certificate or p.require_certificate:

@@ -30,8 +30,10 @@ class UdpReceiver(Role):
         sock.setblocking(True)
         recv = sock.recvfrom
         receive = core.receive
+        poll = env.cfgvars.poll if env.cfgvars is not None else lambda: False
         while True:
             data, addr = recv(MAX_DATAGRAM)
+            poll()                        # run-time values changed (SIGUSR2)
             if len(data) <= 4 and not data.strip():
                 continue                  # keep-alive CRLFs and empty datagrams
             try:

@@ -2,7 +2,7 @@
 
 The module declares what the operator sets (certificate, key, CA list, CRL,
 method, verification, ciphers, SNI name and the ``config`` profile file),
-checks it at start (``ser.core.tls.load_profiles``: a missing file, a key
+checks it at start and in `ser -c` (``ser.core.tls.load_profiles``: a missing file, a key
 that does not match, or SSLv2/SSLv3/TLSv1.0 stop the start with a message),
 and offers the ``$tls_*`` variables of the connection a message came in on,
 and ``tls.list``/``tls.info``/``tls.reload``. The connections themselves are
@@ -26,7 +26,16 @@ def _bool_check(v: Any) -> str | None:
 
 def _load(inst: Any) -> Any:
     return load_profiles(inst.params, inst.state.get("cfg_dir", "."),
-                         bool(inst.state.get("listen_tls", False)))
+                         bool(inst.state.get("listen_tls", False)), inst.param_pos)
+
+
+def _check(inst: Any) -> str | None:
+    """`ser -c`: every profile read and its context built, as at start."""
+    try:
+        _load(inst)
+    except TlsError as e:
+        return str(e)
+    return None
 
 
 STATS = ("tls:handshakes", "tls:handshake_failures")
@@ -186,5 +195,6 @@ exports = Module(
         RPCMethod("tls.reload", rpc_reload, "Re-read certificates, keys and the config "
                   "file; new connections use them."),
     ),
+    check=_check,
     mod_init=_mod_init,
 )

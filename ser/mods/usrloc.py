@@ -16,8 +16,12 @@ contacts, each a fixed struct followed by its strings (no pickle)::
 A change is one atomic read-modify-write of that record under its bucket
 lock (:meth:`UsrLoc.modify`); the record's shm expiry is its latest
 contact's, so the table drops an AoR whose contacts all expired, and the
-timer process (``timer_interval``) removes single expired contacts (it reads
-only ``min_expires`` of records that are not due).
+timer process removes single expired contacts. It sweeps the table in
+slices, one a second, the whole once per ``timer_interval`` (so 1M contacts
+never stall the timer process, which also runs tm's timers); a
+``Table.sweep`` reads only the header and the leading ``min_expires`` word
+of each record and copies the keys of the due (and, db_mode 1 and 2, the
+dirty) ones, which are then rewritten (written).
 
 Database modes (``db_mode``):
 
@@ -27,7 +31,9 @@ Database modes (``db_mode``):
   (deletions in the shm table ``usrloc_gone``), the request gets 500, and
   the timer writes it once the DB is back: nothing stored is lost.
 * 2 -- write-back: changes are marked dirty and the timer process writes them
-  every ``timer_interval`` seconds (and the master at shutdown).
+  within ``timer_interval`` seconds, as its sweep reaches them (and the
+  master at shutdown); deletions within a second. The DB's expired rows are
+  deleted once per ``timer_interval``.
 * 3 -- DB only: no memory copy; every lookup and save is SQL, so several ser
   nodes can share one database.
 
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import os
 import re
 import struct
@@ -69,7 +76,7 @@ METHOD_BITS = {
 }
 METHOD_OTHER = 1 << 31
 
-_MIN = struct.Struct("<d")
+_MIN = struct.Struct("=d")      # native order: Table.sweep reads it as a float64 word
 _CH = struct.Struct("<ddiiIIIiB7H")
 _STR_FIELDS = ("c", "received", "path", "user_agent", "socket", "ruid", "instance")
 _EPOCH = dt.datetime(1970, 1, 1, 0, 0, 1)
@@ -430,9 +437,10 @@ class UsrLoc:
         self._stat("usrloc:location-contacts", n)
         return n
 
-    def flush(self) -> int:
-        """Write dirty contacts and deletions to the DB (db_mode 1, 2); expire
-        old rows. Returns the rows written. DbError when the DB is down."""
+    def flush(self, keys: list[bytes] | None = None) -> int:
+        """Write dirty contacts and deletions to the DB (db_mode 1, 2): of the
+        records ``keys`` (found dirty by the timer's sweep), else of every
+        record. Returns the rows written. DbError when the DB is down."""
         if self.db is None or self.db_mode == 3:
             return 0
         n = 0
@@ -441,7 +449,9 @@ class UsrLoc:
                             (rec.key.decode("utf-8", "surrogateescape"),))
             self.gone.delete(rec.key)
             n += 1
-        for rec in self.table.snapshot():
+        recs = self.table.snapshot() if keys is None else \
+            [r for r in map(self.table.get_record, keys) if r is not None]
+        for rec in recs:
             if not rec.flags & REC_DIRTY:
                 continue
             domain, _, aor = rec.key.decode("utf-8", "surrogateescape").partition("\0")
@@ -470,20 +480,27 @@ class UsrLoc:
                                (_ts(now), _EPOCH))
 
     # -- the timer -------------------------------------------------------------------
-    def timer(self, now: float) -> None:
+    def timer(self, now: float, part: tuple[int, int] | None = None,
+              db_expire: bool = True) -> None:
+        """Expire contacts, write dirty ones (db_mode 1, 2), expire DB rows.
+        One sweep of the table -- or of the buckets ``part`` (first, count) --
+        finds the AoRs whose ``min_expires`` is due and the dirty ones; only
+        those are read. ``db_expire``: also delete the DB's expired rows."""
+        dirty: list[bytes] | None = None
         if self.db_mode != 3:
-            self.table.expire(now)
-            for rec in self.table.snapshot():
-                m = min_expires(rec.value)
-                if m and m <= now:
-                    self._expire_contacts(rec.key, now)
+            sw = self.table.sweep(now, flag_mask=REC_DIRTY if self.db_mode in (1, 2) else 0,
+                                  buckets=part)
+            for key in sw.due:
+                self._expire_contacts(key, now)
+            dirty = sw.flagged
         if self.db is None:
             return
         try:
             if self.db_mode in (1, 2):
-                self.flush()
-            for domain in self.domains():
-                self.db_expire(domain, now)
+                self.flush(dirty)
+            if db_expire:
+                for domain in self.domains():
+                    self.db_expire(domain, now)
         except DbError:
             pass             # logged (rate-limited) by the Db handle; retried next turn
 
@@ -553,12 +570,29 @@ def destroy(inst: Any) -> None:
 
 
 def _timer(inst: Any, now: float) -> None:
-    # declared every second; does its work every timer_interval seconds
+    """Declared every second. The memory table is swept in slices: each tick
+    takes the next buckets, as many as make the whole table once per
+    ``timer_interval`` (so a large table never holds the timer process --
+    tm's retransmissions too -- for long); the DB's expired rows go once
+    per ``timer_interval``, when a sweep ends the table (db_mode 3: no
+    table, every ``timer_interval``)."""
     ul = inst.state.get("ul")
-    if ul is None or now - inst.state.get("timer_last", 0.0) < timer_interval(inst):
+    if ul is None:
         return
-    inst.state["timer_last"] = now
-    ul.timer(now)
+    st = inst.state
+    interval = timer_interval(inst)
+    if ul.db_mode == 3:
+        if now - st.get("timer_last", 0.0) >= interval:
+            st["timer_last"] = now
+            ul.timer(now)
+        return
+    n = ul.table.nbuckets
+    first = st.get("timer_cursor", 0)
+    elapsed = now - st.get("timer_tick", now - 1.0)
+    count = min(n - first, max(1, math.ceil(n * max(elapsed, 0.0) / max(interval, 1.0))))
+    st["timer_tick"] = now
+    st["timer_cursor"] = (first + count) % n
+    ul.timer(now, (first, count), db_expire=first + count == n)
 
 
 # ---------------------------------------------------------------- RPC
@@ -696,7 +730,9 @@ exports = Module(
         Param("use_domain", int, 0, "AoRs are user@domain (1) or user (0)."),
         Param("case_sensitive", int, 0, "Compare AoRs case-sensitively."),
         Param("hash_size", int, 10, "The location table has 2^hash_size slots.", _hash_size),
-        Param("timer_interval", int, 60, "Seconds between expiry and write-back runs."),
+        Param("timer_interval", int, 60, "Seconds in which the timer sweeps the whole "
+              "location table (a slice every second) to drop expired contacts and write "
+              "dirty ones (db_mode 1, 2); and between deletions of expired DB rows."),
         Param("timer_procs", int, 0, "Timer processes (ser's timer process does the work).",
               ignored=True),
         Param("desc_time_order", int, 0, "Order contacts by time (accepted).", ignored=True),

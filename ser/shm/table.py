@@ -70,6 +70,7 @@ _INT64 = 1 << 64
 MAX_SIZE_BITS = 24
 MAX_LOCK_BITS = 14
 DEFAULT_LOCK_BITS = 8
+_SWEEP_HOLD = 64                 # buckets walked under one hold of a stripe lock
 
 _crc32 = zlib.crc32
 
@@ -81,6 +82,14 @@ class Record(NamedTuple):
     value: bytes
     expires: float
     flags: int
+
+
+class Sweep(NamedTuple):
+    """What :meth:`Table.sweep` did and found."""
+
+    expired: int                 # records unlinked and freed
+    due: list[bytes]             # keys of records whose leading due time passed
+    flagged: list[bytes]         # keys of records with a flag of the mask
 
 
 def _word(value: bytes) -> int:
@@ -396,40 +405,78 @@ class Table:
 
     # -- whole-table operations -------------------------------------------------
 
-    def _busy_buckets(self) -> list[int]:
-        """Buckets that looked non-empty in an unlocked read of the heads
-        (each is then re-read under its lock)."""
-        heads = struct.unpack_from(f"@{self._nbuckets}Q", self._mm, self._buckets)
-        return [b for b, head in enumerate(heads) if head]
+    def _busy_buckets(self, first: int = 0, count: int | None = None) -> list[int]:
+        """Buckets (of ``first`` .. ``first + count - 1``; all by default) that
+        looked non-empty in an unlocked read of the heads (each is then
+        re-read under its lock)."""
+        first = max(0, min(first, self._nbuckets))
+        count = self._nbuckets - first if count is None else \
+            max(0, min(count, self._nbuckets - first))
+        heads = struct.unpack_from(f"@{count}Q", self._mm, self._buckets + 8 * first)
+        return [first + b for b, head in enumerate(heads) if head]
 
     def expire(self, now: float) -> int:
         """Unlink and free every record with ``0 < expires <= now``;
         returns how many. Called by the timer process."""
+        return self.sweep(now, lead_due=False).expired
+
+    def sweep(self, now: float, lead_due: bool = True, flag_mask: int = 0,
+              buckets: tuple[int, int] | None = None) -> Sweep:
+        """One pass of a timer over the table -- or over ``buckets`` (first,
+        count) of its 2^size_bits buckets, so that a large table can be swept
+        in slices: unlink and free every record with ``0 < expires <= now``
+        (as :meth:`expire`), and of the records that stay collect the keys of
+        those whose value begins with a due time -- a native float64, 0 for
+        none -- ``<= now`` (``lead_due``) and of those with a flag of
+        ``flag_mask``. It reads each record's header and that one value word;
+        only the keys it returns are copied."""
         mm = self._mm
+        w = self._w
+        f = self._f
         dead: list[int] = []
-        for b in self._busy_buckets():
-            s = b & self._smask
-            link = self._buckets + 8 * b
+        due: list[bytes] = []
+        flagged: list[bytes] = []
+        unpack, unpack_next = _HDR.unpack_from, _NEXT_EXP.unpack_from
+        look = lead_due or bool(flag_mask)        # else only the expiry is read
+        stripes: dict[int, list[int]] = {}
+        for b in self._busy_buckets(*(buckets or (0, None))):
+            stripes.setdefault(b & self._smask, []).append(b)
+        # one lock hold per _SWEEP_HOLD buckets of a stripe, not one per bucket
+        for s, chunk in ((s, bs[i:i + _SWEEP_HOLD]) for s, bs in stripes.items()
+                         for i in range(0, len(bs), _SWEEP_HOLD)):
             removed = 0
             self._locks.acquire(s)
             try:
-                r = self._w[link >> 3]
-                while r:
-                    nxt, exp = _NEXT_EXP.unpack_from(mm, r)
-                    if exp and exp <= now:
-                        self._w[link >> 3] = nxt
-                        dead.append(r)
-                        removed += 1
-                    else:
-                        link = r
-                    r = nxt
+                for b in chunk:
+                    link = self._buckets + 8 * b
+                    r = w[link >> 3]
+                    while r:
+                        if look:
+                            nxt, exp, _, kl, vl, fl = unpack(mm, r)
+                        else:
+                            nxt, exp = unpack_next(mm, r)
+                        if exp and exp <= now:
+                            w[link >> 3] = nxt
+                            dead.append(r)
+                            removed += 1
+                        elif look:
+                            if lead_due and vl >= 8:
+                                d = f[(r + _REC + ((kl + 7) & ~7)) >> 3]
+                                if 0 < d <= now:
+                                    due.append(mm[r + _REC:r + _REC + kl])
+                            if fl & flag_mask:
+                                flagged.append(mm[r + _REC:r + _REC + kl])
+                            link = r
+                        else:
+                            link = r
+                        r = nxt
                 if removed:
                     self._count(s, -removed)
             finally:
                 self._locks.release(s)
         for r in dead:
             self._arena.free(r)
-        return len(dead)
+        return Sweep(len(dead), due, flagged)
 
     def snapshot(self) -> list[Record]:
         """Copies of every live record (bucket by bucket; each bucket is
@@ -498,6 +545,11 @@ class Table:
             finally:
                 self._locks.release(s)
         return found
+
+    @property
+    def nbuckets(self) -> int:
+        """2^size_bits: how many buckets (for sweeping in slices)."""
+        return self._nbuckets
 
     def __len__(self) -> int:
         """Stored records (expired but unswept ones included)."""

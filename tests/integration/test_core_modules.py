@@ -392,6 +392,38 @@ def test_setdebug_resetdebug_and_cfg_debug_in_every_process(ser_factory):
     assert "dbg-shared-z9hG4bKdown" not in _wait_log(ser, "dbg-shared-z9hG4bKdown", 1, 0.5)
 
 
+def _tcp_options(port: int, branch: str) -> bytes:
+    """One OPTIONS on a new TCP connection; the reply (or b"")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(request("OPTIONS", "all", port, branch=branch)
+                  .replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_cfg_debug_reaches_the_tcp_workers(ser_factory):
+    """The SIGUSR2 handler only records; a TCP worker applies the new level
+    in its loop, before the next message it reads."""
+    text = (MODULES + DEBUG).replace("children=2\n", "children=2\ntcp_children=2\n"
+                                     "listen=tcp:127.0.0.1:{port}\n", 1)
+    ser = ser_factory(braces(text.replace("@PORT2@", str(free_port()))))
+    assert _tcp_options(ser.port, "z9hG4bKtcpbefore").startswith(b"SIP/2.0 200")
+    assert ser.rpc("cfg.seti", "core", "debug", 3) == 0
+    for i in range(6):
+        assert _tcp_options(ser.port, f"z9hG4bKtcpup{i}").startswith(b"SIP/2.0 200")
+    text = _wait_log(ser, r"tcp\d+ DEBUG: dbg-shared-z9hG4bKtcpup\d", 6)
+    assert len(set(re.findall(r"dbg-shared-(z9hG4bKtcpup\d)", text))) == 6, text
+    assert "dbg-shared-z9hG4bKtcpbefore" not in text
+    assert ser.rpc("cfg.seti", "core", "debug", 2) == 0
+    assert _tcp_options(ser.port, "z9hG4bKtcpdown").startswith(b"SIP/2.0 200")
+    assert "dbg-shared-z9hG4bKtcpdown" not in _wait_log(ser, "dbg-shared-z9hG4bKtcpdown", 1, 0.5)
+
+
 def test_counters_and_their_rpc(ser_factory):
     ser = start(ser_factory, DEBUG)
     _ask(ser, "x", 3, "cnt")

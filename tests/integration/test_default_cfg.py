@@ -42,14 +42,39 @@ def _args(on: set[str]) -> list[str]:
     return out
 
 
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory) -> list[str]:
+    """-A TLS_CERT/TLS_KEY of a pair made by serctl, as the operator makes it."""
+    d = tmp_path_factory.mktemp("tls")
+    r = subprocess.run([SERCTL, "tls", "gencert", "--key", str(d / "ser.key"),
+                        "--cert", str(d / "ser.pem"), "--cn", "127.0.0.1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return ["-A", f'TLS_CERT="{d / "ser.pem"}"', "-A", f'TLS_KEY="{d / "ser.key"}"']
+
+
 @pytest.mark.parametrize("on", [(), *[(s,) for s in SWITCHES], ("NAT", "NATSIPPING"),
                                 (*SWITCHES, "NATSIPPING")],
                          ids=["none", *SWITCHES, "NATSIPPING", "all"])
-def test_cfg_checks(on):
-    r = subprocess.run([SER, "-c", "-f", str(CFG), *_args(set(on))], capture_output=True,
-                       text=True, timeout=60)
+def test_cfg_checks(on, tls_pair):
+    r = subprocess.run([SER, "-c", "-f", str(CFG), *_args(set(on)), *tls_pair],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "config file ok" in r.stdout
+
+
+def test_cfg_check_with_tls_loads_the_certificate(tmp_path):
+    """`ser -c` loads TLS_CERT as the start would: the file's default path,
+    absent here, is reported at the modparam that names it."""
+    r = subprocess.run([SER, "-c", "-f", str(CFG), "-A", "WITH_TLS", "-A",
+                        f'TLS_CERT="{tmp_path / "none.pem"}"'],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = next(i for i, ln in enumerate(CFG.read_text().splitlines(), 1)
+                if 'modparam("tls", "certificate"' in ln)
+    assert re.search(rf"^{re.escape(str(CFG))}:{line}:\d+: tls profile server:default "
+                     rf"\(modparam\): cannot load certificate {re.escape(str(tmp_path))}/none\.pem: "
+                     "no such file$", r.stderr, re.M), r.stderr
 
 
 @dataclass

@@ -208,6 +208,30 @@ def test_expiry_star_cseq_and_limits(ser_factory):
     assert contacts(ser, "fay") == ["sip:f@127.0.0.1:1"]
 
 
+def _stat(ser, name: str) -> int:
+    got = ser.rpc("stats.get_statistics", name)
+    m = re.search(rf"{re.escape(name)} = (-?\d+)", "\n".join(got))
+    return int(m.group(1)) if m else 0
+
+
+def test_timer_expires_single_contacts_within_the_interval(ser_factory):
+    """timer_interval 3: the timer sweeps a third of the table a second; each
+    AoR's short-lived contact goes (counted), its long-lived one stays."""
+    ser = ser_factory(cfg().replace('"timer_interval", 1', '"timer_interval", 3'))
+    users = [f"exp{i}" for i in range(30)]
+    for u in users:
+        rep = register(ser.port, u, f"<sip:{u}@127.0.0.1:7001>;expires=2, "
+                       f"<sip:{u}@127.0.0.1:7002>", expires=600, callid=f"c-{u}")
+        assert status(rep) == 200, rep
+    assert _stat(ser, "usrloc:location-contacts") == 60
+    start = time.monotonic()
+    while _stat(ser, "usrloc:expired_contacts") < 30:
+        assert time.monotonic() - start < 2 + 3 + 3, _stat(ser, "usrloc:expired_contacts")
+        time.sleep(0.2)
+    assert _stat(ser, "usrloc:location-contacts") == 30
+    assert all(contacts(ser, u) == [f"sip:{u}@127.0.0.1:7002"] for u in users)
+
+
 def test_path_and_rpc(ser_factory):
     text = cfg().replace('modparam("registrar", "min_expires", 1)',
                          'modparam("registrar", "min_expires", 1)\n'

@@ -300,8 +300,10 @@ def test_tcp_max_connections_is_global_over_the_workers(ser_factory):
 
 
 def test_killed_tcp_workers_do_not_leak_their_connection_count(ser_factory):
+    # neither the total nor the per-address count (both full at 3)
     ser = ser_factory(cfg().replace("tcp_connection_lifetime=600",
-                                    "tcp_connection_lifetime=600\ntcp_max_connections=3"))
+                                    "tcp_connection_lifetime=600\ntcp_max_connections=3")
+                      .replace("tcp_max_connections_per_ip=1024", "tcp_max_connections_per_ip=3"))
     conns: list[Peer] = []
     try:
         conns, refused = _connect_until_refused(ser.port, 4, "k")
@@ -323,6 +325,60 @@ def test_killed_tcp_workers_do_not_leak_their_connection_count(ser_factory):
         conns, refused = _connect_until_refused(ser.port, 4, "r")
         assert len(conns) == 3 and refused == 1, ser.logtext()[-2000:]
     finally:
+        for p in conns:
+            p.close()
+
+
+def _peer_from(port: int, src: str) -> Peer:
+    return Peer(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                         source_address=(src, 0)))
+
+
+def test_tcp_max_connections_per_ip_is_global_over_the_workers(ser_factory):
+    """Each connection is accepted by a different worker (the others are
+    stopped): a per-worker count would take the third; the global one refuses
+    it, takes another address's, and gives the place back on a close."""
+    ser = ser_factory(cfg().replace("tcp_max_connections_per_ip=1024",
+                                    "tcp_max_connections_per_ip=2")
+                      .replace("tcp_children=2", "tcp_children=3"))
+    workers = [p["PID"] for p in ser.rpc("core.psx") if p["ROLE"] == "tcp"]
+    assert len(workers) == 3
+
+    def only(pid: int) -> None:
+        """Let only worker ``pid`` run (and so accept)."""
+        for w in workers:
+            os.kill(w, signal.SIGCONT if w == pid else signal.SIGSTOP)
+
+    conns: list[Peer] = []
+    try:
+        for i, w in enumerate(workers[:2]):
+            only(w)
+            p = _peer_from(ser.port, "127.0.0.1")
+            conns.append(p)
+            assert _ping(p, f"z9hG4bKip{i}"), ser.logtext()[-2000:]
+        only(workers[2])
+        third = _peer_from(ser.port, "127.0.0.1")
+        assert not _ping(third, "z9hG4bKip3")
+        third.close()
+        assert re.search(r"tcp connection from 127\.0\.0\.1:\d+ refused: limit reached "
+                         r"\(tcp_max_connections_per_ip\)", ser.logtext())
+        other = _peer_from(ser.port, "127.0.0.2")
+        conns.append(other)
+        assert _ping(other, "z9hG4bKipother")
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+        assert ser.rpc("core.tcp_info")["max_connections_per_ip"] == 2
+        assert _wait_opened(ser, 3) == 3
+        # a close gives its place back: exactly one more from 127.0.0.1
+        conns.pop(0).close()
+        assert _wait_opened(ser, 2) == 2
+        got = [_peer_from(ser.port, "127.0.0.1") for _ in range(3)]
+        conns += got
+        assert [_ping(p, f"z9hG4bKipagain{i}") for i, p in enumerate(got)].count(True) == 1
+        assert _ping(conns[0], "z9hG4bKipkept") and _ping(other, "z9hG4bKipotherkept")
+    finally:
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
         for p in conns:
             p.close()
 

@@ -380,6 +380,9 @@ def test_seed_06_tls_runs_as_written(ser_factory, certs, tmp_path):
                         "tcp_children=2\nloadmodule \"jsonrpcs.so\"", 1)
     upstream, got = _tls_upstream(certs, up_port)
     ser = ser_factory(text, port=port)
+    ok = subprocess.run([SER, "-c", "-f", str(ser.cfg)], capture_output=True, text=True,
+                        timeout=30)
+    assert ok.returncode == 0 and "config file ok" in ok.stdout, ok.stderr
     phone = Peer.tls(port, client_ctx(certs))
     try:
         for i, ruri in enumerate(("sip:bob@secure.example", "sip:bob@other.example")):
@@ -444,6 +447,11 @@ def test_seed_07_tls_config_file(ser_factory, certs):
     for src, dst in ((certs.server_key, "default_key.pem"), (certs.server, "default_cert.pem"),
                      (certs.ca, "default_ca.pem")):
         (ser.tmp / dst).write_bytes(Path(src).read_bytes())
+    # `ser -c` finds the profile file and its certificates as the start does:
+    # relative to the main config's directory, whatever the working directory
+    ok = subprocess.run([SER, "-c", "-f", str(ser.cfg)], capture_output=True, text=True,
+                        timeout=30, cwd="/")
+    assert ok.returncode == 0 and "config file ok" in ok.stdout, ok.stderr
     ser.start()
     phone = Peer.tls(port, client_ctx(certs))
     try:
@@ -580,6 +588,80 @@ def test_missing_certificate_is_a_start_error(ser_factory, certs, tmp_path):
     r = subprocess.run(ser.command(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert f"cannot load certificate {tmp_path / 'nope.pem'}: no such file" in r.stderr
+
+
+def _check(tmp_path: Path, text: str) -> tuple[int, str, str]:
+    """`ser -c` on ``text`` (a tls_cfg, formatted): exit code, output, the cfg path."""
+    cfg = tmp_path / "check.cfg"
+    cfg.write_text(text)
+    r = subprocess.run([SER, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout + r.stderr, str(cfg)
+
+
+def _line_col(text: str, needle: str) -> str:
+    """line:col (1-based) of the first ``needle`` in ``text``."""
+    i = text.index(needle)
+    return f"{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
+
+
+def test_check_mode_loads_the_certificates(certs, tmp_path):
+    """`ser -c` builds the TLS contexts as the start does: a good config passes,
+    a missing certificate or CA file, or a key of another certificate, fails
+    with the place of the modparam and the file."""
+    good = tls_cfg(certs, free_port(), free_port()).format()
+    code, out, _ = _check(tmp_path, good)
+    assert code == 0, out
+    assert "config file ok" in out
+    nope = str(tmp_path / "nope.pem")
+    for param, swap, want in (
+            ("certificate", certs.server, f"cannot load certificate {nope}: no such file"),
+            ("ca_list", certs.ca, f"cannot load ca_list {nope}: no such file"),
+            ("private_key", certs.server_key, f"cannot load private key {certs.alice_key}")):
+        text = good.replace(f'"{swap}"', f'"{certs.alice_key if param == "private_key" else nope}"')
+        code, out, cfg = _check(tmp_path, text)
+        assert code == 1, (param, out)
+        at = _line_col(text, f'modparam("tls", "{param}", "').split(":")
+        col = int(at[1]) + len(f'modparam("tls", "{param}", ')
+        assert f"{cfg}:{at[0]}:{col}: tls profile server:default (modparam): {want}" in out, out
+        assert "ERROR: bad config file (1 error found)" in out
+
+
+@pytest.mark.parametrize(("ini", "line", "why"), [
+    ("[server:default]\nmethod = SSLv3\n", 2,
+     "[server:default] method: 'SSLv3' allows SSLv2/SSLv3/TLSv1.0, which are insecure"),
+    ("[server:127.0.0.1:5061]\nmethod = TLSv1.2+\n\n[server:127.0.0.1:5061]\n", 4,
+     "[server:127.0.0.1:5061] (give each server section of an address its own server_name) "
+     "is defined twice"),
+    ("[server:default]\nserver_name = a.test\nserver_name_mode = 5\n", 3,
+     "[server:default] server_name_mode: 5 is not 0, 1 or 2"),
+    ("# profiles\n[client:default]\nverify_certificate = maybe\n", 3,
+     "[client:default] verify_certificate: 'maybe' is not yes or no"),
+    ("[server:default]\ncertifcate = /x.pem\n", 2, "[server:default] certifcate: unknown option"),
+    ("[server:default]\ncertificate = NOPE\n", 2,
+     "tls profile server:default (CFG:1): cannot load certificate NOPE: no such file"),
+    ("[server:default]\nthis is not an option\n", 2,
+     "cannot parse 'this is not an option' (want 'name = value')"),
+])
+def test_check_mode_reports_the_tls_config_file_line(certs, tmp_path, ini, line, why):
+    ini_file = tmp_path / "tls.ini"
+    ini = ini.replace("NOPE", str(tmp_path / "nope.pem"))
+    why = why.replace("NOPE", str(tmp_path / "nope.pem")).replace("CFG", str(ini_file))
+    ini_file.write_text(ini)
+    text = tls_cfg(certs, free_port(), free_port(),
+                   extra_params=f'modparam("tls", "config", "{ini_file}")').format()
+    code, out, _ = _check(tmp_path, text)
+    assert code == 1, out
+    assert f"{ini_file}:{line}: {why}" in out, out
+
+
+def test_check_mode_missing_tls_config_file(certs, tmp_path):
+    text = tls_cfg(certs, free_port(), free_port(),
+                   extra_params='modparam("tls", "config", "missing-tls.cfg")').format()
+    code, out, cfg = _check(tmp_path, text)
+    assert code == 1, out
+    at = _line_col(text, '"missing-tls.cfg"')
+    assert f"{cfg}:{at}: tls config file {tmp_path / 'missing-tls.cfg'}: " \
+        "No such file or directory" in out, out
 
 
 def test_tls_reload_new_certificate_without_restart(ser_factory, certs, tmp_path):

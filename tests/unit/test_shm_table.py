@@ -159,6 +159,39 @@ def test_expiry_hides_and_the_sweep_removes(shm):
         assert s.usage()["used"] < used
 
 
+def test_sweep_expires_and_finds_due_and_flagged_records(shm):
+    """One pass: expired records freed; of the others, the keys whose value
+    starts with a due float64 (0 = none) and those with a flag of the mask."""
+    d = struct.Struct("=d")
+    # a small table (2^2 buckets, 2 stripes): chains, and several holds per stripe
+    t = shm.create_table("sweep", 2, lock_bits=1)
+    t.set(b"gone", d.pack(5.0), expires=50.0)
+    t.set(b"due", d.pack(90.0) + b"rest", expires=500.0)
+    t.set(b"due-flagged", d.pack(100.0), expires=0, flags=3)
+    t.set(b"later", d.pack(101.0), expires=0)
+    t.set(b"none", d.pack(0.0), flags=1)
+    t.set(b"short", b"\x01", expires=0)               # shorter than a word: never due
+    t.set(b"", d.pack(1.0))                          # an empty key
+    for i in range(200):
+        t.set(b"k%d" % i, d.pack(1000.0 + i), flags=2 if i % 50 == 0 else 0)
+    sw = t.sweep(100.0, flag_mask=1)
+    assert sw.expired == 1 and t.get(b"gone") is None
+    assert sorted(sw.due) == [b"", b"due", b"due-flagged"]
+    assert sorted(sw.flagged) == [b"due-flagged", b"none"]
+    sw = t.sweep(100.0, lead_due=False, flag_mask=2)
+    assert sw.expired == 0 and sw.due == []
+    assert sorted(sw.flagged) == [b"due-flagged", b"k0", b"k100", b"k150", b"k50"]
+    # in slices of buckets: the halves find what the whole does, out of range nothing
+    halves = [t.sweep(1001.0, buckets=(0, 2)), t.sweep(1001.0, buckets=(2, 9))]
+    assert sum(h.expired for h in halves) == 1 and t.get(b"due") is None
+    assert all(h.due for h in halves) and t.sweep(1001.0, buckets=(4, 1)).due == []
+    assert t.nbuckets == 4
+    sw = t.sweep(1001.0)
+    assert sorted(halves[0].due + halves[1].due) == sorted(sw.due) and sw.expired == 0
+    assert sorted(sw.due) == [b"", b"due-flagged", b"k0", b"k1", b"later"]
+    assert len(t) == 205 and t.check() == 205
+
+
 def test_update_reads_modifies_and_deletes(shm):
     t = shm.create_table("upd", 4)
     assert t.update(b"u", lambda old: (old or b"") + b"a") == b"a"

@@ -43,3 +43,26 @@ def test_processes_racing_never_exceed_the_limit():
             pids.append(pid)
         got = sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids)
         assert got == 50 and t.counts() == (50, 0)
+
+
+def test_per_ip_count_is_shared_by_the_ranks_and_dropped_with_a_dead_one():
+    with temp_shm(1 << 20) as shm:
+        t = ConnTable(shm.create_table(TABLE, 4))
+        a, b = "127.0.0.5", "::1"
+        assert [t.admit(r, a, False, 10, 10, 2) for r in (5, 6, 5)] == \
+            [None, None, "tcp_max_connections_per_ip"]
+        assert t.admit(6, b, False, 10, 10, 2) is None   # another address has its own
+        assert (t.per_ip(a), t.per_ip(b), t.counts()) == (2, 1, (3, 0))
+        t.release(6, False, a)
+        assert t.per_ip(a) == 1 and t.admit(6, a, False, 10, 10, 2) is None
+        # the total refuses: the address's place is given back
+        assert t.admit(5, "127.0.0.6", False, 4, 10, 9) is None
+        assert t.admit(5, "127.0.0.7", False, 4, 10, 9) == "tcp_max_connections"
+        assert t.admit(5, "127.0.0.7", True, 9, 0, 9) == "tls_max_connections"
+        assert t.per_ip("127.0.0.7") == 0
+        assert t.release_rank(6) == (2, 0)              # rank 6 died with a and b
+        assert (t.per_ip(a), t.per_ip(b), t.counts()) == (1, 0, (2, 0))
+        t.release(5, False, a)
+        t.release(5, False, "127.0.0.6")
+        assert t.counts() == (0, 0)
+        assert not [r.key for r in t.t.snapshot() if r.key.startswith(b"n|")]

@@ -38,16 +38,30 @@ def test_repeated_sections_are_sni_profiles_tried_address_first(tmp_path):
 
 @pytest.mark.parametrize(("text", "why"), [
     ("[server:default]\nserver_name = a\n[server:default]\nserver_name = a\n",
-     "[server:default] with server_name a is defined twice"),
-    ("[client:default]\n[client:default]\n", "[client:default] is defined twice"),
-    ("[server:default]\nserver_name_mode = 3\n", "server_name_mode: 3 is not 0, 1 or 2"),
+     ":3: [server:default] with server_name a is defined twice"),
+    ("[client:default]\n[client:default]\n", ":2: [client:default] is defined twice"),
+    ("[server:default]\nserver_name_mode = 3\n",
+     ":2: [server:default] server_name_mode: 3 is not 0, 1 or 2"),
     ("[server:default]\nmethod = TLSv1.2+\nmethod = TLSv1.3\n",
-     "option 'method' in section 'server:default' already exists"),
+     ":3: [server:default] option 'method' is given twice"),
+    ("method = TLSv1.2+\n", ":1: 'method = TLSv1.2+' comes before any section"),
+    ("[a:b]\n", ":1: [a:b] must be [server:...] or [client:...]"),
 ])
 def test_bad_profile_files(tmp_path, text, why):
     f = tmp_path / "tls.cfg"
     f.write_text(text)
     with pytest.raises(TlsError) as e:
         parse_config_file(str(f), base_profiles({}))
-    assert why in str(e.value)
+    assert str(e.value).startswith(f"{f}{why}")
     assert "~~" not in str(e.value)
+
+
+def test_settings_remember_where_they_were_given(tmp_path):
+    f = tmp_path / "tls.cfg"
+    f.write_text("[server:default]\n\ncertificate = c.pem\n[client:default]\n")
+    base = base_profiles({"certificate": "m.pem", "ca_list": "ca.pem"},
+                         {"certificate": ("ser.cfg", 7, 29), "ca_list": ("ser.cfg", 8, 25)})
+    server, client = parse_config_file(str(f), base)
+    assert server.where == {"certificate": f"{f}:3", "ca_list": "ser.cfg:8:25"}
+    assert client.where == {"certificate": "ser.cfg:7:29", "ca_list": "ser.cfg:8:25"}
+    assert base.where["certificate"] == "ser.cfg:7:29"

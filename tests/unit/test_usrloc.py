@@ -20,7 +20,8 @@ def shm():
         yield s
 
 
-def _ul(shm, **params):
+def _inst(shm, **params):
+    """A usrloc module instance after mod_init."""
     p = {"db_mode": 0, "db_url": "", "use_domain": 0, "case_sensitive": 0, "hash_size": 6}
     p.update(params)
 
@@ -30,7 +31,11 @@ def _ul(shm, **params):
     inst.params = p
     inst.state = {"shm": shm}
     usrloc.mod_init(inst)
-    return inst.state["ul"]
+    return inst
+
+
+def _ul(shm, **params):
+    return _inst(shm, **params).state["ul"]
 
 
 def _c(uri, exp, **kw):
@@ -123,3 +128,54 @@ def test_ruids_differ_between_forked_workers():
     mine = new_ruid()
     assert child.split("-")[2] == f"{pid:x}"
     assert mine.split("-")[2] == f"{os.getpid():x}"
+
+
+def test_timer_expires_due_contacts_and_writes_only_dirty_records(shm, tmp_path):
+    url = f"sqlite://{tmp_path}/ul.db"
+    ul = _ul(shm, db_mode=2, db_url=url)
+    now = time.time()
+    ul.modify("location", "alice", lambda old: ([_c("sip:a@1", now + 10),
+                                                 _c("sip:a@2", now + 100)], None))
+    ul.modify("location", "bob", lambda old: ([_c("sip:b@1", now + 100)], None))
+    db = Db(url)
+    ul.timer(now)                                     # write-back of both, nothing due
+    assert db.query("SELECT contact FROM location ORDER BY contact") == [
+        ("sip:a@1",), ("sip:a@2",), ("sip:b@1",)]
+    assert not ul.table.sweep(now, flag_mask=usrloc.REC_DIRTY).flagged
+    # later: only alice's first contact is due; bob's record is clean and stays so
+    db.execute("UPDATE location SET cseq = 99 WHERE contact = 'sip:b@1'")
+    ul.timer(now + 50)
+    assert [c.c for c in decode(ul.table.get(usrloc._key("location", "alice")))] == ["sip:a@2"]
+    assert usrloc.min_expires(ul.table.get(usrloc._key("location", "alice"))) == now + 100
+    assert db.query("SELECT contact, cseq FROM location ORDER BY contact") == [
+        ("sip:a@2", 0), ("sip:b@1", 99)]
+    ul.timer(now + 200)
+    assert len(ul.table) == 0
+    assert db.query("SELECT count(*) FROM location")[0][0] == 0
+
+
+def test_timer_sweeps_the_table_in_slices_once_per_interval(shm):
+    """Each 1 s tick sweeps the next 2^hash_size / timer_interval buckets: a
+    due contact goes when its bucket's slice comes, all within the interval."""
+    inst = _inst(shm, timer_interval=4)
+    ul = inst.state["ul"]
+    now = time.time()
+    aors = [f"u{i}" for i in range(200)]
+    for a in aors:
+        ul.modify("location", a, lambda old, a=a: ([_c(f"sip:{a}@1", now + 5),
+                                                    _c(f"sip:{a}@2", now + 500)], None))
+
+    def left() -> int:
+        return sum(len(decode(ul.table.get(usrloc._key("location", a)))) for a in aors)
+    assert left() == 400 and ul.table.nbuckets == 64
+    seen = []
+    for tick in range(4):
+        usrloc._timer(inst, now + 10 + tick)
+        seen.append(400 - left())
+        assert inst.state["timer_cursor"] == (16 * (tick + 1)) % 64
+    assert 0 < seen[0] < seen[1] < seen[2] < seen[3] == 200, seen
+    # a late tick (the timer was held up 3 s) takes a bigger slice, never past the end
+    usrloc._timer(inst, now + 16)
+    assert inst.state["timer_cursor"] == 48
+    usrloc._timer(inst, now + 26)
+    assert inst.state["timer_cursor"] == 0

@@ -83,8 +83,8 @@ GLOBALS: dict[str, GlobalDecl] = {d.name: d for d in (
     _d("tcp_send_timeout", "int", 10, "TCP send timeout, seconds."),
     _d("tcp_msg_read_timeout", "int", 20, "Seconds a TCP connection may take to send one "
        "whole message once it started; then it is closed."),
-    _d("tcp_max_connections_per_ip", "int", 256, "Open TCP connections accepted from one "
-       "source address by one TCP worker (ser only)."),
+    _d("tcp_max_connections_per_ip", "int", 256, "Open stream connections (TCP and TLS) "
+       "accepted from one source address, counted over all TCP workers together (ser only)."),
     _d("tcp_max_message_size", "int", 65535, "Largest SIP message accepted on a stream; a "
        "larger one closes the connection (ser only)."),
     _d("tcp_accept_aliases", "bool", False, "Honour the alias Via parameter."),

@@ -169,6 +169,7 @@ def _modparams(script: ast.Script, cfg: Config, errors: list[CfgError],
                 continue
             if param.ignored:
                 ignored.append(f"{decl.name}.{param.name}")
+            inst.param_pos[param.name] = mp.value_pos
             if param.multi:
                 inst.params[param.name].append(mp.value)
             else:
