@@ -52,7 +52,9 @@ def check(path: str, defines: dict[str, str | None]) -> int:
     errors = [str(e) for e in cfg.errors]
     if not errors:
         from ser.core.master import check_modules
-        errors = check_modules(cfg)
+        errors, warnings = check_modules(cfg)
+        for w in warnings:
+            print(f"WARNING: {w}", file=sys.stderr)
     if errors:
         for e in errors:
             print(e, file=sys.stderr)

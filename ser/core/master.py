@@ -32,6 +32,7 @@ from ser.core.cfgvars import NOTIFY_SIGNAL
 from ser.core.corerpc import build_registry
 from ser.core.ctl import CtlProcess, create_endpoints, ctl_paths
 from ser.core.log import log
+from ser.core.module import CheckWarning
 from ser.core.net import BindError, SocketInfo, bind, expand, local_addresses
 from ser.core.procs import ProcTable, set_title
 from ser.core.roles import Env, Role, child_main
@@ -63,21 +64,26 @@ def _sockets(cfg: Any, listens: list[Any]) -> list[SocketInfo]:
     return sockets
 
 
-def check_modules(cfg: Any) -> list[str]:
+def check_modules(cfg: Any) -> tuple[list[str], list[str]]:
     """What `ser -c` checks after the script: the listen sockets against the
     loaded modules and each module's ``check`` hook (files its parameters
-    name). No socket is bound and no module initialised."""
+    name). No socket is bound and no module initialised. (errors, warnings)"""
     try:
         _sockets(cfg, [])
     except BindError as e:
-        return [str(e)]
-    errors = []
+        return [str(e)], []
+    errors: list[str] = []
+    warnings: list[str] = []
     for inst in cfg.modules.values():
         if inst.decl.check is not None:
-            err = inst.decl.check(inst)
+            try:
+                err = inst.decl.check(inst)
+            except CheckWarning as w:
+                warnings.append(str(w))
+                continue
             if err:
                 errors.append(err)
-    return errors
+    return errors, warnings
 
 
 @dataclass

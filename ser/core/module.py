@@ -59,6 +59,10 @@ ROUTE_TYPE_NAMES = {
 ARG_KINDS = frozenset({"str", "int", "pv", "const"})
 
 
+
+class CheckWarning(Exception):
+    """Raised by a module's ``check`` hook: reported by `ser -c`, not an error."""
+
 @dataclass(frozen=True)
 class Param:
     """A module parameter set with ``modparam``."""
@@ -170,7 +174,8 @@ class Module:
     timers: tuple[Timer, ...] = ()
     # check(instance) -> error or None: what the parameters name outside the
     # script (files), without side effects; run by `ser -c` (mod_init makes
-    # the same checks at start)
+    # the same checks at start). It raises CheckWarning for a problem `ser -c`
+    # only reports (a file not installed yet)
     check: Callable[[ModuleInstance], str | None] | None = None
     mod_init: Callable[[ModuleInstance], None] | None = None
     child_init: Callable[[ModuleInstance, int], None] | None = None

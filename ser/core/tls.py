@@ -50,6 +50,16 @@ class TlsError(Exception):
     """A TLS setting or file that cannot be used; the message says which."""
 
 
+class TlsFileMissing(TlsError):
+    """A file a TLS setting names does not exist (yet): an error at start,
+    only a warning for `ser -c`, which may run before the files are installed
+    (as Kamailio's -c does not look at them)."""
+
+
+def _file_error(msg: str, path: str) -> TlsError:
+    return TlsError(msg) if os.path.exists(path) else TlsFileMissing(msg)
+
+
 def check_method(value: Any) -> str | None:
     """The error of a ``tls_method`` value, or None."""
     name = str(value).strip()
@@ -167,7 +177,7 @@ def parse_config_file(path: str, base: Profile) -> list[Profile]:
             text, where = _number_sections(f.read())
         parser.read_string(text, path)
     except OSError as e:
-        raise TlsError(f"tls config file {path}: {e.strerror}") from None
+        raise _file_error(f"tls config file {path}: {e.strerror}", path) from None
     except configparser.Error as e:
         raise TlsError(_parse_error(path, e)) from None
     out: list[Profile] = []
@@ -321,7 +331,7 @@ def load_profiles(params: dict[str, Any], cfg_dir: str, need_server: bool,
                 profiles[p.name] = p
         except TlsError as e:
             if pos and "config" in pos and not str(e).startswith(cfile + ":"):
-                raise TlsError(f"{_at(pos['config'])}: {e}") from None
+                raise type(e)(f"{_at(pos['config'])}: {e}") from None
             raise
     for p in profiles.values():
         for attr in ("certificate", "private_key", "ca_list", "crl"):
@@ -380,15 +390,15 @@ def build_context(p: Profile) -> SSL.Context:
         try:
             ctx.use_certificate_chain_file(p.certificate)
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where('certificate')}: cannot load certificate {p.certificate}: "
-                           f"{_why(e, p.certificate)}") from None
+            raise _file_error(f"{where('certificate')}: cannot load certificate "
+                              f"{p.certificate}: {_why(e, p.certificate)}", p.certificate) from None
         key = p.private_key or p.certificate
         try:
             ctx.use_privatekey_file(key)
             ctx.check_privatekey()
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where('private_key' if p.private_key else 'certificate')}: "
-                           f"cannot load private key {key}: {_why(e, key)}") from None
+            raise _file_error(f"{where('private_key' if p.private_key else 'certificate')}: "
+                              f"cannot load private key {key}: {_why(e, key)}", key) from None
     elif p.role == "server":
         raise TlsError(f"{where('certificate')}: no certificate (set modparam(\"tls\", \"certificate\", ...) "
                        f"or 'certificate' in the config file; `serctl tls gencert` makes one)")
@@ -396,8 +406,8 @@ def build_context(p: Profile) -> SSL.Context:
         try:
             ctx.load_verify_locations(p.ca_list)
         except (SSL.Error, OSError) as e:
-            raise TlsError(f"{where('ca_list')}: cannot load ca_list {p.ca_list}: "
-                           f"{_why(e, p.ca_list)}") from None
+            raise _file_error(f"{where('ca_list')}: cannot load ca_list {p.ca_list}: "
+                              f"{_why(e, p.ca_list)}", p.ca_list) from None
         if p.role == "server":
             try:
                 with open(p.ca_list, "rb") as f:
@@ -414,7 +424,8 @@ def build_context(p: Profile) -> SSL.Context:
             ctx.get_cert_store().add_crl(crl)
             ctx.get_cert_store().set_flags(crypto.X509StoreFlags.CRL_CHECK)
         except (crypto.Error, OSError, ValueError) as e:
-            raise TlsError(f"{where('crl')}: cannot load crl {p.crl}: {_why(e, p.crl)}") from None
+            raise _file_error(f"{where('crl')}: cannot load crl {p.crl}: {_why(e, p.crl)}",
+                              p.crl) from None
     if p.cipher_list:
         try:
             ctx.set_cipher_list(p.cipher_list.encode())

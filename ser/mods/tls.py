@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ser.core.module import Module, Param, RPCMethod
+from ser.core.module import CheckWarning, Module, Param, RPCMethod
 from ser.core.pv import PVDecl
 from ser.core.rpc import RpcError
-from ser.core.tls import DEFAULT_METHOD, TlsError, check_method, load_profiles
+from ser.core.tls import DEFAULT_METHOD, TlsError, TlsFileMissing, check_method, load_profiles
 
 
 def _bool_check(v: Any) -> str | None:
@@ -33,6 +33,8 @@ def _check(inst: Any) -> str | None:
     """`ser -c`: every profile read and its context built, as at start."""
     try:
         _load(inst)
+    except TlsFileMissing as e:
+        raise CheckWarning(f"{e} (ser will not start until it exists)") from None
     except TlsError as e:
         return str(e)
     return None

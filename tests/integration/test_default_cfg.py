@@ -69,12 +69,13 @@ def test_cfg_check_with_tls_loads_the_certificate(tmp_path):
     r = subprocess.run([SER, "-c", "-f", str(CFG), "-A", "WITH_TLS", "-A",
                         f'TLS_CERT="{tmp_path / "none.pem"}"'],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr     # a warning: not installed yet
     line = next(i for i, ln in enumerate(CFG.read_text().splitlines(), 1)
                 if 'modparam("tls", "certificate"' in ln)
-    assert re.search(rf"^{re.escape(str(CFG))}:{line}:\d+: tls profile server:default "
+    assert re.search(rf"^WARNING: {re.escape(str(CFG))}:{line}:\d+: tls profile server:default "
                      rf"\(modparam\): cannot load certificate {re.escape(str(tmp_path))}/none\.pem: "
-                     "no such file$", r.stderr, re.M), r.stderr
+                     r"no such file \(ser will not start until it exists\)$", r.stderr, re.M), \
+        r.stderr
 
 
 @dataclass
