@@ -47,6 +47,9 @@ _formatter = _Formatter("%(asctime)s %(process)d/%(role)s %(levelname)s: %(messa
                         "%H:%M:%S")
 
 
+SYSLOG_PATH = "/dev/log"      # the local syslog socket; without it ser logs to stderr
+
+
 def setup(debug: int, to_stderr: bool, facility: str = "LOG_DAEMON",
           name: str = "ser") -> None:
     """Configure the ``ser`` logger once, in the master before forking."""
@@ -54,13 +57,13 @@ def setup(debug: int, to_stderr: bool, facility: str = "LOG_DAEMON",
     log.propagate = False
     log.setLevel(level_of(debug))
     handler: logging.Handler
-    if to_stderr or not os.path.exists("/dev/log"):
+    if to_stderr or not os.path.exists(SYSLOG_PATH):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_formatter)
     else:
         fac = getattr(logging.handlers.SysLogHandler, facility, None)
         handler = logging.handlers.SysLogHandler(
-            "/dev/log", facility if isinstance(fac, int) else logging.handlers.SysLogHandler.LOG_DAEMON)  # type: ignore[arg-type]
+            SYSLOG_PATH, fac if isinstance(fac, int) else logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(levelname)s: %(message)s"))
     log.addHandler(handler)
 
