@@ -25,7 +25,7 @@ from ser.core.module import (
     Timer,
 )
 from ser.core.pv import PVDecl
-from ser.mods.tm.engine import STATS, TICK, Engine
+from ser.mods.tm.engine import STATS, SWEEP, TICK, Engine
 from ser.mods.tm.txn import F_CANCELED, F_DROP_REPLIES, Txn
 
 R = RouteType
@@ -428,6 +428,10 @@ def _timer(inst: Any, now: float) -> None:
 
 
 def _expire(inst: Any, now: float) -> None:
+    """The safety net (engine.py): records past their lifetime whose wheel
+    entry was lost, and wheel slots never popped. It walks every bucket, so it
+    runs every SWEEP seconds, not every tick: a record outlives its lifetime
+    by that much at most, and nothing reads an expired record meanwhile."""
     eng = inst.state.get("engine")
     if eng is None:
         return
@@ -547,7 +551,7 @@ exports = Module(
     ),
     timers=(
         Timer("tm_timer", TICK, _timer),
-        Timer("tm_expire", 1.0, _expire),
+        Timer("tm_expire", SWEEP, _expire),
     ),
     mod_init=_mod_init,
     child_init=_child_init,

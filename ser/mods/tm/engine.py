@@ -10,13 +10,18 @@ run after the bucket lock is released. So two workers holding two replies of
 the same transaction serialize on the record, never on the network.
 
 Timers: a second table ``tm_timer`` is a wheel of 50 ms slots, each holding
-the ids of the transactions that have something due in it. A change that
-brings a transaction's earliest deadline forward queues its id; the timer
-process pops the elapsed slots and feeds each transaction the timer events
-that are due (retransmission, final-response timeout, wait). A stale entry
-costs one lookup. Records also carry a table expiry (``max_inv_lifetime`` /
-``max_noninv_lifetime`` past their creation), so shared memory is reclaimed
-even if a wheel entry was lost with a killed process.
+the ids of the transactions that have something due in it, so the timer's
+work is proportional to the transactions due, not to the table. A change that
+brings a transaction's earliest deadline forward queues its id (``sched`` in
+the record is the entry it knows of); one that pushes it back queues nothing.
+The timer process pops the elapsed slots and feeds each transaction the timer
+events that are due (retransmission, final-response timeout, wait). An entry
+that finds nothing due -- the deadline moved, as when the first reply stops
+the retransmissions -- costs one read: it queues the next deadline without
+rewriting the record. Records also carry a table expiry
+(``max_inv_lifetime`` / ``max_noninv_lifetime`` past their creation), and
+wheel slots one of ``WHEEL_LINGER``, so shared memory is reclaimed even if a
+wheel entry was lost with a killed process (swept every ``SWEEP`` seconds).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from ser.shm import ShmFull
 
 A, E, S = m.A, m.E, m.S
 TICK = 0.05
+WHEEL_LINGER = 60.0     # a wheel slot the timer never popped is swept after this
+SWEEP = 10.0            # seconds between two sweeps of expired records (tm_expire)
 _slot = struct.Struct("<q")
 _full_log = RateLimited(interval=10.0, burst=3)
 
@@ -132,9 +139,11 @@ class Engine:
         return now + (self.max_inv if invite else self.max_noninv) + 5.0
 
     def _schedule(self, tid: bytes, due: float) -> None:
-        slot = _slot.pack(int(due / TICK) + 1)
+        # never a slot the timer has passed already (a deadline that is due now)
+        n = max(int(due / TICK), int(time.time() / TICK)) + 1
         try:
-            self.wheel.update(slot, lambda old: (old or b"") + tid)
+            self.wheel.update(_slot.pack(n), lambda old: (old or b"") + tid,
+                              expires=n * TICK + WHEEL_LINGER)
         except ShmFull:
             self.stats.inc("tm:full_errors")
             _full_log(logging.ERROR, "tm: shared memory full, timer of %s lost (the "
@@ -157,8 +166,11 @@ class Engine:
             return False
 
     def _reschedule(self, txn: Txn, tid: bytes, out: Out) -> None:
+        """Queue the transaction's earliest deadline unless a wheel entry
+        the record knows of comes first. A later deadline is not queued: the
+        earlier entry fires, finds nothing due and queues it then (fire)."""
         nd = txn.next_due()
-        if nd and (not txn.sched or nd < txn.sched):
+        if nd and (not txn.sched or nd < txn.sched or txn.sched <= time.time()):
             txn.sched = nd
             out.append(("sched", tid, nd))
 
@@ -405,6 +417,7 @@ class Engine:
                     txn.end_at = 0.0
                 elif a is A.START_WAIT:
                     txn.wait_at = time.time() + self.wt
+            self._reschedule(txn, tid, out)
             return txn.encode()
         self._update(tid, fn, out)
         self._run(tid, out)
@@ -906,10 +919,9 @@ class Engine:
             if old:
                 popped.append(old)
             return None
+        update, pack = self.wheel.update, _slot.pack
         for s in range(max(first, slot - 20000), slot + 1):
-            key = _slot.pack(s)
-            if self.wheel.get(key) is not None:
-                self.wheel.update(key, pop)
+            update(pack(s), pop)
         for blob in popped:
             for i in range(0, len(blob), 8):
                 due.append(blob[i:i + 8])
@@ -927,6 +939,14 @@ class Engine:
             if old is None:
                 return None
             txn = Txn.decode(old)
+            nd = txn.next_due()
+            if not nd or nd > now:
+                # a stale entry (the deadline moved since it was queued): queue
+                # the next deadline unless the record knows of an entry for it,
+                # and leave the record as it is (no rewrite)
+                if nd and not now < txn.sched <= nd:
+                    out.append(("sched", tid, nd))
+                return old
             if txn.sched <= now + TICK:
                 txn.sched = 0.0
             if self._timers(tid, txn, now, out):
