@@ -167,6 +167,21 @@ def ack_of(inv: str, reply: str) -> str:
             "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
 
 
+def arrivals(peer: Peer, start: str, t0: float, seconds: float) -> list[float]:
+    """When (seconds after ``t0``) the messages starting with ``start`` came
+    to ``peer`` until ``t0 + seconds``."""
+    times = []
+    deadline = t0 + seconds
+    while time.monotonic() < deadline:
+        try:
+            text, _ = peer.recv(max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if text.startswith(start):
+            times.append(time.monotonic() - t0)
+    return times
+
+
 @pytest.fixture
 def peers():
     made: list[Peer] = []
@@ -285,15 +300,7 @@ def test_no_answer_gets_408_and_the_invite_is_retransmitted(ser_factory, peers):
     inv = invite(uac, ser.port, callid="noanswer1")
     t0 = time.monotonic()
     uac.send(inv, ("127.0.0.1", ser.port))
-    times = []
-    deadline = t0 + 3
-    while time.monotonic() < deadline:
-        try:
-            text, _ = uas1.recv(max(0.01, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        if text.startswith("INVITE"):
-            times.append(time.monotonic() - t0)
+    times = arrivals(uas1, "INVITE", t0, 3)
     # T1 = 200 ms: sent at 0, then about 0.2, 0.6, 1.4 (intervals 0.2, 0.4, 0.8)
     assert len(times) >= 4, times
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -316,15 +323,7 @@ def test_final_reply_retransmitted_past_wt_timer_until_the_ack(ser_factory, peer
     fwd, addr = uas1.expect("INVITE ")
     uas1.send(reply_to(fwd, 603, "Decline"), addr)
     uas1.expect("ACK ")
-    t0 = time.monotonic()
-    times = []
-    while time.monotonic() < t0 + 4.5:
-        try:
-            text, _ = uac.recv(max(0.01, t0 + 4.5 - time.monotonic()))
-        except TimeoutError:
-            break
-        if text.startswith("SIP/2.0 603"):
-            times.append(time.monotonic() - t0)
+    times = arrivals(uac, "SIP/2.0 603", time.monotonic(), 4.5)
     # T1 = 200 ms: sent at 0, re-sent about 0.2, 0.6, 1.4 and 3.0 s later
     assert len(times) >= 5, times
     assert times[4] >= 2.6, times
