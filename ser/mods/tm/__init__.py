@@ -115,11 +115,11 @@ def t_check_trans(ctx: Any) -> int:
     if msg.method == "ACK":
         return 0 if eng.ack(ctx) else -1
     if msg.method == "CANCEL":
-        from ser.mods.tm.txn import match_key, txn_id
-        key = match_key(msg)
-        if key is None:
+        from ser.mods.tm.txn import txn_id
+        kt = eng.key_of(ctx)
+        if kt is None:
             return -1
-        return 1 if eng.table.get(txn_id(key[:-6] + b"INVITE")) is not None else -1
+        return 1 if eng.table.get(txn_id(kt[0][:-6] + b"INVITE")) is not None else -1
     hit = eng.lookup(ctx)
     if hit is None:
         return -1

@@ -35,6 +35,7 @@ from typing import Any
 from ser.core.cfg.runtime import Context
 from ser.core.log import RateLimited, log
 from ser.core.parser import ProtocolError, SipMessage, build_reply, parse_message
+from ser.core.receive import Dest
 from ser.mods.tm import machine as m
 from ser.mods.tm.txn import (
     F_CANCELED,
@@ -128,7 +129,6 @@ class Engine:
         return -1
 
     def _dest(self, proto: str, host: str, port: int, sock: int) -> Any:
-        from ser.core.receive import Dest
         socks = self.core.sockets
         return Dest(proto, host, port, socks[sock] if 0 <= sock < len(socks) else None)
 
@@ -331,10 +331,10 @@ class Engine:
         msg = ctx.msg
         if msg.method == "ACK":
             return 0 if self.ack(ctx) else -1
-        key = match_key(msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return -1
-        tid = txn_id(key)
+        key, tid = kt
         now = time.time()
         txn = self._new(ctx, key, now)
         txn.request = self._base(ctx)
@@ -363,6 +363,18 @@ class Engine:
         self._run(tid, out)
         return 1
 
+    def key_of(self, ctx: Context) -> tuple[bytes, bytes] | None:
+        """(17.2.3 matching key, transaction id) of the request, computed once
+        per message: t_check_trans() and t_relay() both need them."""
+        msg = ctx.msg
+        kt = ctx.cache.get("tm_key")
+        if kt is None or kt[0] is not msg:      # msg_apply_changes() makes a new one
+            key = match_key(msg)
+            if key is None:
+                return None
+            kt = ctx.cache["tm_key"] = (msg, key, txn_id(key))
+        return kt[1], kt[2]
+
     def retransmission(self, ctx: Context, tid: bytes) -> None:
         """A request that matched an existing transaction: re-send the last reply."""
         out: Out = []
@@ -382,10 +394,10 @@ class Engine:
         """The transaction of a request (17.2.3), if any."""
         tid = ctx.cache.get("tm_txn")
         if tid is None:
-            key = match_key(ctx.msg)
-            if key is None:
+            kt = self.key_of(ctx)
+            if kt is None:
                 return None
-            tid = txn_id(key)
+            tid = kt[1]
         raw = self.table.get(tid)
         if raw is None:
             return None
@@ -394,10 +406,10 @@ class Engine:
     # ---------------------------------------------------------------- ACK
     def ack(self, ctx: Context) -> bool:
         """An ACK for a non-2xx final reply of ours: absorbed (True)."""
-        key = match_key(ctx.msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return False
-        tid = txn_id(key)
+        key, tid = kt
         absorbed = False
         out: Out = []
 
@@ -462,10 +474,10 @@ class Engine:
             log.error("tm: t_relay: no destination for %s", method)
             return -1
         if tid is None:
-            key = match_key(msg)
-            if key is None:
+            kt = self.key_of(ctx)
+            if kt is None:
                 return -1
-            tid = txn_id(key)
+            key, tid = kt
             base = self._base(ctx)
             prepared = self._branch_routes(ctx, tid, base, 0, targets,
                                            ctx.cache.get("t_on_branch", ""))
@@ -611,10 +623,10 @@ class Engine:
     def cancel(self, ctx: Context) -> int | None:
         """A CANCEL: 200 for it, CANCEL to every pending branch of its INVITE.
         None when no INVITE transaction matches (relay it like any request)."""
-        key = match_key(ctx.msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return None
-        key = key[:-len(b"CANCEL")] + b"INVITE"
+        key = kt[0][:-len(b"CANCEL")] + b"INVITE"
         tid = txn_id(key)
         found = False
         out: Out = []
@@ -825,7 +837,6 @@ class Engine:
             log.exception("tm: %s_route[%s] failed", kind, name)
 
     def _ctx_for(self, txn: Txn, tid: bytes) -> Context:
-        from ser.core.receive import Dest
         req = parse_message(txn.request)
         proto, ip, port, sock = txn.src
         socks = self.core.sockets

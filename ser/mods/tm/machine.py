@@ -140,7 +140,7 @@ _NONE: tuple[A, ...] = ()
 def step(table: Table, state: int, event: E) -> tuple[S, tuple[A, ...]]:
     """The next state and the actions of ``event`` in ``state``; an event the
     table does not list is absorbed (same state, no action)."""
-    hit = table.get((S(state), event))
+    hit = table.get((state, event))     # an int state finds its IntEnum key
     if hit is None:
         return S(state), _NONE
     return hit
