@@ -108,6 +108,8 @@ class Engine:
         self.routes: Any = None
         self.has_onreply = False
         self.last_slot = 0
+        # the timer process gathers the entries a tick queues, one wheel write a slot
+        self.batch: dict[int, bytes] | None = None
         self.on_final: list[Callable[[Context, int, str], None]] = []
 
     def bind(self, core: Any) -> None:
@@ -141,13 +143,20 @@ class Engine:
     def _schedule(self, tid: bytes, due: float) -> None:
         # never a slot the timer has passed already (a deadline that is due now)
         n = max(int(due / TICK), int(time.time() / TICK)) + 1
+        if self.batch is not None:
+            self.batch[n] = self.batch.get(n, b"") + tid
+        else:
+            self._queue(n, tid)
+
+    def _queue(self, n: int, tids: bytes) -> None:
+        """Append transaction ids to wheel slot ``n``."""
         try:
-            self.wheel.update(_slot.pack(n), lambda old: (old or b"") + tid,
+            self.wheel.update(_slot.pack(n), lambda old: (old or b"") + tids,
                               expires=n * TICK + WHEEL_LINGER)
         except ShmFull:
             self.stats.inc("tm:full_errors")
             _full_log(logging.ERROR, "tm: shared memory full, timer of %s lost (the "
-                      "transaction ends at its lifetime)", tid.hex())
+                      "transaction ends at its lifetime)", tids[:8].hex())
 
     def _update(self, tid: bytes, fn: Callable[[bytes | None], bytes | None],
                 out: Out | None = None) -> bool:
@@ -937,10 +946,16 @@ class Engine:
             for i in range(0, len(blob), 8):
                 due.append(blob[i:i + 8])
         seen: set[bytes] = set()
-        for tid in due:
-            if tid not in seen:
-                seen.add(tid)
-                self.fire(tid, now)
+        self.batch = batch = {}
+        try:
+            for tid in due:
+                if tid not in seen:
+                    seen.add(tid)
+                    self.fire(tid, now)
+        finally:
+            self.batch = None
+            for n, tids in batch.items():
+                self._queue(n, tids)
 
     def fire(self, tid: bytes, now: float) -> None:
         out: Out = []
