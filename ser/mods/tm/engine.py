@@ -53,7 +53,7 @@ from ser.mods.tm.txn import (
 )
 from ser.shm import ShmFull
 
-A, E, S = m.A, m.E, m.S
+A, E, S = m.members(m.A), m.members(m.E), m.members(m.S)
 TICK = 0.05
 WHEEL_LINGER = 60.0     # a wheel slot the timer never popped is swept after this
 SWEEP = 10.0            # seconds between two sweeps of expired records (tm_expire)
@@ -946,7 +946,8 @@ class Engine:
             for i in range(0, len(blob), 8):
                 due.append(blob[i:i + 8])
         seen: set[bytes] = set()
-        self.batch = batch = {}
+        batch: dict[int, bytes] = {}
+        self.batch = batch
         try:
             for tid in due:
                 if tid not in seen:

@@ -27,6 +27,8 @@ import marshal
 
 from ser.mods.tm.machine import S
 
+_COMPLETED = int(S.COMPLETED)
+
 MAGIC = "z9hG4bK"
 ID_HEX = 16
 _PREFIX_LEN = len(MAGIC) + ID_HEX
@@ -192,7 +194,7 @@ class Txn:
         with a non-2xx final, its ACK or timer H (until then G and H run)."""
         due = [d for d in (self.retr_at, self.end_at) if d]
         if self.wait_at and self.code >= 200 and not (self.flags & F_INVITE
-                                                       and self.state == S.COMPLETED):
+                                                       and self.state == _COMPLETED):
             due.append(self.wait_at)
         for b in self.branches:
             if b.retr_at:
