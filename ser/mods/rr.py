@@ -12,6 +12,7 @@ Record-Route there is replaced by the last Route (RFC 3261 16.4).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RouteType
@@ -128,7 +129,11 @@ def _is_me(ctx: Any, uri: Any) -> bool:
     return isinstance(uri, SipURI) and ctx.rt.is_myself(uri.host, uri.port or 5060)
 
 
+@lru_cache(maxsize=512)
 def _uri_of(route: str) -> Any:
+    """The URI of a Route value (or of a bare URI), None if it is not one. A
+    memo: the URIs are immutable, and an in-dialog request carries the same
+    Route set (our own Record-Route first) as every other one of its dialog."""
     v = route.strip()
     if "<" in v:
         v = v[v.index("<") + 1:v.index(">")]
@@ -146,6 +151,8 @@ def loose_route(ctx: Any) -> int:
     routes = []
     for v in msg.headers("Route"):
         routes.extend(split_list(v) if "," in v else [v])
+    if not routes:
+        return -1
     ruri = _uri_of(ctx.ruri or msg.ruri)
     if ruri is not None and _is_me(ctx, ruri) and ruri.user is None and routes:
         # RFC 3261 16.4: a strict router sent us our own Record-Route as the

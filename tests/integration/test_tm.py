@@ -167,6 +167,21 @@ def ack_of(inv: str, reply: str) -> str:
             "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
 
 
+def arrivals(peer: Peer, start: str, t0: float, seconds: float) -> list[float]:
+    """When (seconds after ``t0``) the messages starting with ``start`` came
+    to ``peer`` until ``t0 + seconds``."""
+    times = []
+    deadline = t0 + seconds
+    while time.monotonic() < deadline:
+        try:
+            text, _ = peer.recv(max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if text.startswith(start):
+            times.append(time.monotonic() - t0)
+    return times
+
+
 @pytest.fixture
 def peers():
     made: list[Peer] = []
@@ -285,15 +300,7 @@ def test_no_answer_gets_408_and_the_invite_is_retransmitted(ser_factory, peers):
     inv = invite(uac, ser.port, callid="noanswer1")
     t0 = time.monotonic()
     uac.send(inv, ("127.0.0.1", ser.port))
-    times = []
-    deadline = t0 + 3
-    while time.monotonic() < deadline:
-        try:
-            text, _ = uas1.recv(max(0.01, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        if text.startswith("INVITE"):
-            times.append(time.monotonic() - t0)
+    times = arrivals(uas1, "INVITE", t0, 3)
     # T1 = 200 ms: sent at 0, then about 0.2, 0.6, 1.4 (intervals 0.2, 0.4, 0.8)
     assert len(times) >= 4, times
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -304,6 +311,30 @@ def test_no_answer_gets_408_and_the_invite_is_retransmitted(ser_factory, peers):
     assert 1.4 <= time.monotonic() - t0 <= 3.5
     stats = ser.rpc("tm.stats")
     assert stats["total_local"] == 1 and stats["4xx"] == 1
+
+
+def test_final_reply_retransmitted_past_wt_timer_until_the_ack(ser_factory, peers):
+    """A non-2xx final reply is re-sent (timer G: T1 doubling) until the ACK
+    comes, even when that is later than wt_timer (1 s here); after the ACK
+    the transaction lingers wt_timer and is freed."""
+    ser, uac, uas1, _ = _setup(ser_factory, peers)
+    inv = invite(uac, ser.port, callid="decline1")
+    uac.send(inv, ("127.0.0.1", ser.port))
+    fwd, addr = uas1.expect("INVITE ")
+    uas1.send(reply_to(fwd, 603, "Decline"), addr)
+    uas1.expect("ACK ")
+    times = arrivals(uac, "SIP/2.0 603", time.monotonic(), 4.5)
+    # T1 = 200 ms: sent at 0, re-sent about 0.2, 0.6, 1.4 and 3.0 s later
+    assert len(times) >= 5, times
+    assert times[4] >= 2.6, times
+    uac.send(ack_of(inv, "To: <sip:bob@127.0.0.1>;tag=tt1\r\n"), ("127.0.0.1", ser.port))
+    deadline = time.monotonic() + 3.0
+    while ser.rpc("tm.stats")["current"] != 0:
+        assert time.monotonic() < deadline, ser.rpc("tm.stats")
+        time.sleep(0.1)
+    late = [m for m in uac.drain(0.5) if m.startswith("SIP/2.0 603")]
+    assert late == []
+    assert ser.rpc("tm.stats")["freed"] == 1
 
 
 def test_parallel_branches_first_200_wins(ser_factory, peers):

@@ -156,3 +156,14 @@ def test_a_branch_with_its_own_request_and_send_time_edits_round_trips():
     assert back.branches[0].cancel_at == 7.5 and back.next_due() == 7.5
     assert parse_message(branch_request(back, back.branches[0])).header("x-branch") == "1"
     assert parse_message(branch_request(back, back.branches[1])).header("x-branch") is None
+
+
+def test_wt_timer_is_a_deadline_only_once_the_transaction_may_end():
+    t = Txn(b"k", "INVITE", 1.0, INV, ("udp", "10.0.0.1", 5060, 0), ("udp", "10.0.0.1", 5060, 0))
+    # a non-2xx final sent: G and H run until the ACK, wt_timer does not count yet
+    t.state, t.code, t.retr_at, t.end_at, t.wait_at = S.COMPLETED, 486, 9.0, 33.0, 6.0
+    assert t.next_due() == 9.0
+    t.state, t.retr_at, t.end_at, t.wait_at = S.CONFIRMED, 0.0, 0.0, 12.0    # the ACK came
+    assert t.next_due() == 12.0
+    t.state, t.code = S.PROCEEDING, 180          # no final reply yet: nothing to wait for
+    assert t.next_due() == 0.0

@@ -25,7 +25,7 @@ from ser.core.module import (
     Timer,
 )
 from ser.core.pv import PVDecl
-from ser.mods.tm.engine import STATS, TICK, Engine
+from ser.mods.tm.engine import STATS, SWEEP, TICK, Engine
 from ser.mods.tm.txn import F_CANCELED, F_DROP_REPLIES, Txn
 
 R = RouteType
@@ -115,11 +115,11 @@ def t_check_trans(ctx: Any) -> int:
     if msg.method == "ACK":
         return 0 if eng.ack(ctx) else -1
     if msg.method == "CANCEL":
-        from ser.mods.tm.txn import match_key, txn_id
-        key = match_key(msg)
-        if key is None:
+        from ser.mods.tm.txn import txn_id
+        kt = eng.key_of(ctx)
+        if kt is None:
             return -1
-        return 1 if eng.table.get(txn_id(key[:-6] + b"INVITE")) is not None else -1
+        return 1 if eng.table.get(txn_id(kt[0][:-6] + b"INVITE")) is not None else -1
     hit = eng.lookup(ctx)
     if hit is None:
         return -1
@@ -428,6 +428,10 @@ def _timer(inst: Any, now: float) -> None:
 
 
 def _expire(inst: Any, now: float) -> None:
+    """The safety net (engine.py): records past their lifetime whose wheel
+    entry was lost, and wheel slots never popped. It walks every bucket, so it
+    runs every SWEEP seconds, not every tick: a record outlives its lifetime
+    by that much at most, and nothing reads an expired record meanwhile."""
     eng = inst.state.get("engine")
     if eng is None:
         return
@@ -547,7 +551,7 @@ exports = Module(
     ),
     timers=(
         Timer("tm_timer", TICK, _timer),
-        Timer("tm_expire", 1.0, _expire),
+        Timer("tm_expire", SWEEP, _expire),
     ),
     mod_init=_mod_init,
     child_init=_child_init,

@@ -10,13 +10,18 @@ run after the bucket lock is released. So two workers holding two replies of
 the same transaction serialize on the record, never on the network.
 
 Timers: a second table ``tm_timer`` is a wheel of 50 ms slots, each holding
-the ids of the transactions that have something due in it. A change that
-brings a transaction's earliest deadline forward queues its id; the timer
-process pops the elapsed slots and feeds each transaction the timer events
-that are due (retransmission, final-response timeout, wait). A stale entry
-costs one lookup. Records also carry a table expiry (``max_inv_lifetime`` /
-``max_noninv_lifetime`` past their creation), so shared memory is reclaimed
-even if a wheel entry was lost with a killed process.
+the ids of the transactions that have something due in it, so the timer's
+work is proportional to the transactions due, not to the table. A change that
+brings a transaction's earliest deadline forward queues its id (``sched`` in
+the record is the entry it knows of); one that pushes it back queues nothing.
+The timer process pops the elapsed slots and feeds each transaction the timer
+events that are due (retransmission, final-response timeout, wait). An entry
+that finds nothing due -- the deadline moved, as when the first reply stops
+the retransmissions -- costs one read: it queues the next deadline without
+rewriting the record. Records also carry a table expiry
+(``max_inv_lifetime`` / ``max_noninv_lifetime`` past their creation), and
+wheel slots one of ``WHEEL_LINGER``, so shared memory is reclaimed even if a
+wheel entry was lost with a killed process (swept every ``SWEEP`` seconds).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 from ser.core.cfg.runtime import Context
 from ser.core.log import RateLimited, log
 from ser.core.parser import ProtocolError, SipMessage, build_reply, parse_message
+from ser.core.receive import Dest
 from ser.mods.tm import machine as m
 from ser.mods.tm.txn import (
     F_CANCELED,
@@ -47,8 +53,10 @@ from ser.mods.tm.txn import (
 )
 from ser.shm import ShmFull
 
-A, E, S = m.A, m.E, m.S
+A, E, S = m.members(m.A), m.members(m.E), m.members(m.S)
 TICK = 0.05
+WHEEL_LINGER = 60.0     # a wheel slot the timer never popped is swept after this
+SWEEP = 10.0            # seconds between two sweeps of expired records (tm_expire)
 _slot = struct.Struct("<q")
 _full_log = RateLimited(interval=10.0, burst=3)
 
@@ -100,6 +108,8 @@ class Engine:
         self.routes: Any = None
         self.has_onreply = False
         self.last_slot = 0
+        # the timer process gathers the entries a tick queues, one wheel write a slot
+        self.batch: dict[int, bytes] | None = None
         self.on_final: list[Callable[[Context, int, str], None]] = []
 
     def bind(self, core: Any) -> None:
@@ -121,7 +131,6 @@ class Engine:
         return -1
 
     def _dest(self, proto: str, host: str, port: int, sock: int) -> Any:
-        from ser.core.receive import Dest
         socks = self.core.sockets
         return Dest(proto, host, port, socks[sock] if 0 <= sock < len(socks) else None)
 
@@ -132,13 +141,22 @@ class Engine:
         return now + (self.max_inv if invite else self.max_noninv) + 5.0
 
     def _schedule(self, tid: bytes, due: float) -> None:
-        slot = _slot.pack(int(due / TICK) + 1)
+        # never a slot the timer has passed already (a deadline that is due now)
+        n = max(int(due / TICK), int(time.time() / TICK)) + 1
+        if self.batch is not None:
+            self.batch[n] = self.batch.get(n, b"") + tid
+        else:
+            self._queue(n, tid)
+
+    def _queue(self, n: int, tids: bytes) -> None:
+        """Append transaction ids to wheel slot ``n``."""
         try:
-            self.wheel.update(slot, lambda old: (old or b"") + tid)
+            self.wheel.update(_slot.pack(n), lambda old: (old or b"") + tids,
+                              expires=n * TICK + WHEEL_LINGER)
         except ShmFull:
             self.stats.inc("tm:full_errors")
             _full_log(logging.ERROR, "tm: shared memory full, timer of %s lost (the "
-                      "transaction ends at its lifetime)", tid.hex())
+                      "transaction ends at its lifetime)", tids[:8].hex())
 
     def _update(self, tid: bytes, fn: Callable[[bytes | None], bytes | None],
                 out: Out | None = None) -> bool:
@@ -157,8 +175,11 @@ class Engine:
             return False
 
     def _reschedule(self, txn: Txn, tid: bytes, out: Out) -> None:
+        """Queue the transaction's earliest deadline unless a wheel entry
+        the record knows of comes first. A later deadline is not queued: the
+        earlier entry fires, finds nothing due and queues it then (fire)."""
         nd = txn.next_due()
-        if nd and (not txn.sched or nd < txn.sched):
+        if nd and (not txn.sched or nd < txn.sched or txn.sched <= time.time()):
             txn.sched = nd
             out.append(("sched", tid, nd))
 
@@ -319,10 +340,10 @@ class Engine:
         msg = ctx.msg
         if msg.method == "ACK":
             return 0 if self.ack(ctx) else -1
-        key = match_key(msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return -1
-        tid = txn_id(key)
+        key, tid = kt
         now = time.time()
         txn = self._new(ctx, key, now)
         txn.request = self._base(ctx)
@@ -351,6 +372,18 @@ class Engine:
         self._run(tid, out)
         return 1
 
+    def key_of(self, ctx: Context) -> tuple[bytes, bytes] | None:
+        """(17.2.3 matching key, transaction id) of the request, computed once
+        per message: t_check_trans() and t_relay() both need them."""
+        msg = ctx.msg
+        kt = ctx.cache.get("tm_key")
+        if kt is None or kt[0] is not msg:      # msg_apply_changes() makes a new one
+            key = match_key(msg)
+            if key is None:
+                return None
+            kt = ctx.cache["tm_key"] = (msg, key, txn_id(key))
+        return kt[1], kt[2]
+
     def retransmission(self, ctx: Context, tid: bytes) -> None:
         """A request that matched an existing transaction: re-send the last reply."""
         out: Out = []
@@ -370,10 +403,10 @@ class Engine:
         """The transaction of a request (17.2.3), if any."""
         tid = ctx.cache.get("tm_txn")
         if tid is None:
-            key = match_key(ctx.msg)
-            if key is None:
+            kt = self.key_of(ctx)
+            if kt is None:
                 return None
-            tid = txn_id(key)
+            tid = kt[1]
         raw = self.table.get(tid)
         if raw is None:
             return None
@@ -382,10 +415,10 @@ class Engine:
     # ---------------------------------------------------------------- ACK
     def ack(self, ctx: Context) -> bool:
         """An ACK for a non-2xx final reply of ours: absorbed (True)."""
-        key = match_key(ctx.msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return False
-        tid = txn_id(key)
+        key, tid = kt
         absorbed = False
         out: Out = []
 
@@ -405,6 +438,7 @@ class Engine:
                     txn.end_at = 0.0
                 elif a is A.START_WAIT:
                     txn.wait_at = time.time() + self.wt
+            self._reschedule(txn, tid, out)
             return txn.encode()
         self._update(tid, fn, out)
         self._run(tid, out)
@@ -449,10 +483,10 @@ class Engine:
             log.error("tm: t_relay: no destination for %s", method)
             return -1
         if tid is None:
-            key = match_key(msg)
-            if key is None:
+            kt = self.key_of(ctx)
+            if kt is None:
                 return -1
-            tid = txn_id(key)
+            key, tid = kt
             base = self._base(ctx)
             prepared = self._branch_routes(ctx, tid, base, 0, targets,
                                            ctx.cache.get("t_on_branch", ""))
@@ -598,10 +632,10 @@ class Engine:
     def cancel(self, ctx: Context) -> int | None:
         """A CANCEL: 200 for it, CANCEL to every pending branch of its INVITE.
         None when no INVITE transaction matches (relay it like any request)."""
-        key = match_key(ctx.msg)
-        if key is None:
+        kt = self.key_of(ctx)
+        if kt is None:
             return None
-        key = key[:-len(b"CANCEL")] + b"INVITE"
+        key = kt[0][:-len(b"CANCEL")] + b"INVITE"
         tid = txn_id(key)
         found = False
         out: Out = []
@@ -812,7 +846,6 @@ class Engine:
             log.exception("tm: %s_route[%s] failed", kind, name)
 
     def _ctx_for(self, txn: Txn, tid: bytes) -> Context:
-        from ser.core.receive import Dest
         req = parse_message(txn.request)
         proto, ip, port, sock = txn.src
         socks = self.core.sockets
@@ -906,18 +939,24 @@ class Engine:
             if old:
                 popped.append(old)
             return None
+        update, pack = self.wheel.update, _slot.pack
         for s in range(max(first, slot - 20000), slot + 1):
-            key = _slot.pack(s)
-            if self.wheel.get(key) is not None:
-                self.wheel.update(key, pop)
+            update(pack(s), pop)
         for blob in popped:
             for i in range(0, len(blob), 8):
                 due.append(blob[i:i + 8])
         seen: set[bytes] = set()
-        for tid in due:
-            if tid not in seen:
-                seen.add(tid)
-                self.fire(tid, now)
+        batch: dict[int, bytes] = {}
+        self.batch = batch
+        try:
+            for tid in due:
+                if tid not in seen:
+                    seen.add(tid)
+                    self.fire(tid, now)
+        finally:
+            self.batch = None
+            for n, tids in batch.items():
+                self._queue(n, tids)
 
     def fire(self, tid: bytes, now: float) -> None:
         out: Out = []
@@ -927,6 +966,14 @@ class Engine:
             if old is None:
                 return None
             txn = Txn.decode(old)
+            nd = txn.next_due()
+            if not nd or nd > now:
+                # a stale entry (the deadline moved since it was queued): queue
+                # the next deadline unless the record knows of an entry for it,
+                # and leave the record as it is (no rewrite)
+                if nd and not now < txn.sched <= nd:
+                    out.append(("sched", tid, nd))
+                return old
             if txn.sched <= now + TICK:
                 txn.sched = 0.0
             if self._timers(tid, txn, now, out):

@@ -18,6 +18,7 @@ are the retransmission timers (T1 doubling, capped at T2 for E and G).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class S(IntEnum):
@@ -67,7 +68,7 @@ class A(IntEnum):
     STOP_FR = 14
 
 
-Table = dict[tuple[S, E], tuple[S, tuple[A, ...]]]
+Table = dict[tuple[int, E], tuple[S, tuple[A, ...]]]   # keys: (S, E)
 
 # 17.2.1 INVITE server transaction (Figure 7)
 INVITE_SERVER: Table = {
@@ -140,7 +141,7 @@ _NONE: tuple[A, ...] = ()
 def step(table: Table, state: int, event: E) -> tuple[S, tuple[A, ...]]:
     """The next state and the actions of ``event`` in ``state``; an event the
     table does not list is absorbed (same state, no action)."""
-    hit = table.get((S(state), event))
+    hit = table.get((state, event))     # an int state finds its IntEnum key
     if hit is None:
         return S(state), _NONE
     return hit
@@ -154,10 +155,20 @@ def client_table(invite: bool) -> Table:
     return INVITE_CLIENT if invite else NON_INVITE_CLIENT
 
 
+def members(enum: type[IntEnum]) -> Any:
+    """The members of ``enum`` as plain class attributes, the same objects:
+    reading ``A.SEND_REPLY`` off an Enum class costs ten times more (Python
+    3.11), and the engine's loops over actions read several per message."""
+    return type(enum.__name__, (), dict(enum.__members__))
+
+
+_E = members(E)
+
+
 def reply_event(code: int, server: bool) -> E:
     """The event of a reply with ``code``: sent (server) or received (client)."""
     if code < 200:
-        return E.SEND_1XX if server else E.RCV_1XX
+        return _E.SEND_1XX if server else _E.RCV_1XX
     if code < 300:
-        return E.SEND_2XX if server else E.RCV_2XX
-    return E.SEND_FINAL if server else E.RCV_FINAL
+        return _E.SEND_2XX if server else _E.RCV_2XX
+    return _E.SEND_FINAL if server else _E.RCV_FINAL

@@ -25,6 +25,10 @@ from __future__ import annotations
 import hashlib
 import marshal
 
+from ser.mods.tm.machine import S
+
+_COMPLETED = int(S.COMPLETED)
+
 MAGIC = "z9hG4bK"
 ID_HEX = 16
 _PREFIX_LEN = len(MAGIC) + ID_HEX
@@ -185,8 +189,13 @@ class Txn:
         return t
 
     def next_due(self) -> float:
-        """The earliest timer of the transaction (0 = none)."""
-        due = [d for d in (self.retr_at, self.end_at, self.wait_at) if d]
+        """The earliest timer of the transaction (0 = none). ``wait_at`` counts
+        once the transaction may end: a final reply sent, and for an INVITE
+        with a non-2xx final, its ACK or timer H (until then G and H run)."""
+        due = [d for d in (self.retr_at, self.end_at) if d]
+        if self.wait_at and self.code >= 200 and not (self.flags & F_INVITE
+                                                       and self.state == _COMPLETED):
+            due.append(self.wait_at)
         for b in self.branches:
             if b.retr_at:
                 due.append(b.retr_at)
