@@ -360,8 +360,10 @@ class Table:
         """Atomic read-modify-write of ``key`` under its bucket lock.
 
         ``fn(old)`` gets a copy of the current value (None if absent or
-        expired) and returns the new value, or None to delete. ``expires`` /
-        ``flags`` of None keep the old record's (0 for a new one). ``fn`` runs
+        expired) and returns the new value, or None to delete, or a tuple
+        (new value, expiry) to set the record's expiry in the same step.
+        ``expires`` / ``flags`` of None keep the old record's (0 for a new
+        one). ``fn`` runs
         with the lock held: keep it short and do not touch the same table from
         it (that raises ShmError rather than deadlocking). If ``fn`` raises,
         nothing changes. Returns the new value.
@@ -381,6 +383,8 @@ class Table:
                     self._count(s, -1)
                     old = r
                 return None
+            if type(new_value) is tuple:
+                new_value, expires = new_value
             if not isinstance(new_value, bytes):
                 raise TypeError("update: fn must return bytes or None")
             exp = expires if expires is not None else (hdr[1] if live else 0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import abnf
 from .errors import bad
-from .uri import URI, parse_uri
+from .uri import URI, parse_uri, slot_setters
 
 # RFC 3261 7.3.3 compact forms, and the extension ones in common use
 COMPACT = {
@@ -256,6 +256,10 @@ class NameAddr:
         return q
 
 
+_new = object.__new__
+_s_display, _s_uri, _s_params, _s_text, _s_bracketed = slot_setters(NameAddr)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """From, To, Contact, Route, Record-Route, ... value (one element)."""
     m = abnf.NAME_ADDR.match(text)
@@ -278,7 +282,13 @@ def parse_name_addr(text: str) -> NameAddr:
         bracketed = False
     uri = parse_uri(uri_text)
     params = parse_params(text, m.end(), "header")
-    return NameAddr(display, uri, params, text, bracketed)
+    na = _new(NameAddr)          # NameAddr(display, uri, params, text, bracketed), faster
+    _s_display(na, display)
+    _s_uri(na, uri)
+    _s_params(na, params)
+    _s_text(na, text)
+    _s_bracketed(na, bracketed)
+    return na
 
 
 def parse_name_addrs(value: str) -> list[NameAddr]:
