@@ -49,12 +49,20 @@ URI_PARAM = re.compile(rf";({PARAMCHAR}+)(?:=({PARAMCHAR}*))?")
 # header = hname "=" hvalue, hnv-unreserved = [ ] / ? : + $
 HNVCHAR = r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})"
 URI_HEADER = re.compile(rf"({HNVCHAR}+)=({HNVCHAR}*)")
+# the common spelling of a SIP/SIPS URI in one rule: lowercase scheme, user
+# without password, host, port, parameters, no headers (every other form
+# goes through the rules above, one part at a time)
+SIP_URI_SIMPLE = re.compile(
+    rf"(sips?):(?:({USER.pattern})@)?({HOST})(?::({PORT}))?((?:;{PARAMCHAR}+(?:={PARAMCHAR}*)?)*)")
 ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()pPwW]+")
 
 # 7.3.1 generic parameters: ;name[=token|host|quoted-string] -----------------
 GENERIC_PARAM = re.compile(
     rf"{WS};{WS}({TOKEN})(?:{WS}={WS}({QUOTED}|[^ \t;,\"=]+))?{WS}")
+
+# the common spelling of a parameter list: no whitespace, no quoted values
+SIMPLE_PARAMS = re.compile(rf"(?:;{TOKEN}(?:=[^ \t;,\"=]+)?)+")
 
 # 20.42 Via: the common spelling (no optional whitespace, no quoted or IPv6 values)
 VIA_SIMPLE = re.compile(

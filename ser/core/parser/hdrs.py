@@ -117,10 +117,20 @@ def split_list(value: str) -> list[str]:
     return out
 
 
+_simple_params = abnf.SIMPLE_PARAMS.fullmatch
+
+
 def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     """``;name[=value]`` pairs from ``pos`` to the end; names lowercased, quotes kept."""
     params: dict[str, str | None] = {}
     end = len(text)
+    if pos >= end:
+        return params
+    if _simple_params(text, pos):
+        for p in text[pos + 1:].split(";"):
+            name, eq, value = p.partition("=")
+            params[name.lower()] = value if eq else None
+        return params
     match = abnf.GENERIC_PARAM.match
     while pos < end:
         m = match(text, pos)

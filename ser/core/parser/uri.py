@@ -132,8 +132,22 @@ def _sip_uri(scheme: str, user: str | None, password: str | None, host: str,
     return u
 
 
+_sip_simple = abnf.SIP_URI_SIMPLE.fullmatch
+
+
 def parse_uri(text: str, *, status: int | None = 400) -> URI:
     """Parse a URI; a malformed one raises ProtocolError(status)."""
+    m = _sip_simple(text)
+    if m is not None:
+        scheme, user, host, port, ptext = m.groups()
+        portn = int(port) if port else None
+        if portn is None or portn <= 65535:
+            params: dict[str, str | None] = {}
+            if ptext:
+                for p in ptext[1:].split(";"):
+                    name, eq, value = p.partition("=")
+                    params[name] = value if eq else None
+            return _sip_uri(scheme, user, None, host, portn, params, {}, text)
     colon = text.find(":")
     if colon <= 0 or not abnf.SCHEME.fullmatch(text, 0, colon):
         raise ProtocolError(status, f"bad URI {text[:64]!r}")
