@@ -56,3 +56,60 @@ def test_unescape():
     assert unescape("%41%42c") == "ABc"
     assert unescape("caf%C3%A9") == "caf\u00e9"
     assert unescape("no-escapes") == "no-escapes"
+
+
+def _mutants(bases: list[str], alphabet: str, n: int, seed: int):
+    """Random small edits (insert, delete, replace) of the base strings."""
+    import random
+    rnd = random.Random(seed)
+    for _ in range(n):
+        b = list(rnd.choice(bases))
+        for _ in range(rnd.randint(0, 3)):
+            i = rnd.randint(0, len(b))
+            op = rnd.random()
+            if op < 0.4:
+                b.insert(i, rnd.choice(alphabet))
+            elif b:
+                j = min(i, len(b) - 1)
+                if op < 0.7:
+                    del b[j]
+                else:
+                    b[j] = rnd.choice(alphabet)
+        yield "".join(b)
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except ProtocolError:
+        return "error"
+
+
+def test_one_rule_sip_uri_agrees_with_the_rule_by_rule_parse():
+    # SIP_URI_SIMPLE takes the common spelling in one match; it must accept
+    # nothing the part-by-part parse rejects and give the same parts
+    from ser.core.parser.uri import _parse_sip
+    bases = ["sip:user@host", "sip:u@1.2.3.4:5060;transport=udp", "sips:a@[::1]:5061;lr",
+             "sip:h", "sip:u;x@h;a=b;c", "sip:%41b@h.", "SIP:a@b", "sip:a:pw@h?x=y"]
+    accepted = 0
+    for text in _mutants(bases, "sip:uUa1@.-_;=%2F[]:?&+$,!~*'()/b5 0x", 30000, 7):
+        colon = text.find(":")
+        if colon <= 0 or text[:colon].lower() not in ("sip", "sips"):
+            continue
+        want = _outcome(_parse_sip, text, text[:colon].lower(), colon + 1, 400)
+        assert _outcome(parse_uri, text) == want, text
+        accepted += want != "error"
+    assert accepted > 5000
+
+
+def test_one_rule_params_agree_with_the_generic_parse():
+    from ser.core.parser.hdrs import _parse_params_generic, parse_params
+    bases = [";tag=1SIPpTag01", ";expires=3600;q=0.5", ';a="x y";b', ";lr",
+             ';+sip.instance="<urn:x>";reg-id=1', " ; a = b"]
+    accepted = 0
+    for tail in _mutants(bases, ';=aB1-." ,\t%x', 30000, 3):
+        text = "<sip:x@y>" + tail
+        want = _outcome(_parse_params_generic, text, 9, "header")
+        assert _outcome(parse_params, text, 9, "header") == want, text
+        accepted += want != "error"
+    assert accepted > 5000

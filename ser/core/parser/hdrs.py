@@ -131,6 +131,13 @@ def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
             name, eq, value = p.partition("=")
             params[name.lower()] = value if eq else None
         return params
+    return _parse_params_generic(text, pos, what)
+
+
+def _parse_params_generic(text: str, pos: int, what: str) -> dict[str, str | None]:
+    """parse_params for any spelling, one GENERIC_PARAM at a time."""
+    params: dict[str, str | None] = {}
+    end = len(text)
     match = abnf.GENERIC_PARAM.match
     while pos < end:
         m = match(text, pos)
