@@ -113,3 +113,19 @@ def test_one_rule_params_agree_with_the_generic_parse():
         assert _outcome(parse_params, text, 9, "header") == want, text
         accepted += want != "error"
     assert accepted > 5000
+
+
+def test_quoted_string_rule_matches_what_the_per_character_rule_matched():
+    # abnf.QUOTED takes runs of qdtext possessively; same language, same spans
+    import random
+    import re
+
+    from ser.core.parser import abnf
+    per_char = re.compile(rf'"(?:{abnf.QDTEXT}|{abnf.QUOTED_PAIR})*"')
+    quoted = re.compile(abnf.QUOTED)
+    rnd = random.Random(5)
+    for _ in range(50000):
+        s = "".join(rnd.choice('a "\\\t\x7f\xe9\udc80\r\n,') for _ in range(rnd.randint(0, 8)))
+        for how in ("match", "fullmatch"):
+            a, b = getattr(per_char, how)(s), getattr(quoted, how)(s)
+            assert (a and a.span()) == (b and b.span()), repr(s)

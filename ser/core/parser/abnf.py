@@ -21,7 +21,9 @@ UTF8_NONASCII = r"\x80-\U0010ffff"              # includes surrogate escapes
 # quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE
 QDTEXT = rf"[ \t!#-\[\]-~{UTF8_NONASCII}]"
 QUOTED_PAIR = r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]"
-QUOTED = rf'"(?:{QDTEXT}|{QUOTED_PAIR})*"'
+# (runs of qdtext matched possessively: a run cannot end inside a quoted-pair
+# or a quote, so this is the same language without per-character backtracking)
+QUOTED = rf'"(?:{QDTEXT}++|{QUOTED_PAIR})*+"'
 
 # 25.1 host / port ------------------------------------------------------------
 IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
