@@ -129,3 +129,21 @@ def test_quoted_string_rule_matches_what_the_per_character_rule_matched():
         for how in ("match", "fullmatch"):
             a, b = getattr(per_char, how)(s), getattr(quoted, how)(s)
             assert (a and a.span()) == (b and b.span()), repr(s)
+
+
+def test_possessive_via_rule_matches_what_the_backtracking_rule_matched():
+    import re
+
+    from ser.core.parser import abnf
+    t = abnf.TOKEN
+    backtracking = re.compile(
+        rf"SIP/2\.0/({t}) ([A-Za-z0-9.\-_]+)(?::({abnf.PORT}))?"
+        rf"((?:;{t}(?:=[{abnf.TOKEN_CHARS}:\[\]]+)?)*)")
+    bases = ["SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-1;rport", "SIP/2.0/TCP h;received=[::1]",
+             "SIP/2.0/UDP a.b:123456;x=y=z", "SIP/2.0/TLS h:5061;maddr=1.2.3.4;ttl=1;lr"]
+    matched = 0
+    for text in _mutants(bases, ";=:a1.-[] \"", 30000, 11):
+        a, b = backtracking.fullmatch(text), abnf.VIA_SIMPLE.fullmatch(text)
+        assert (a and a.groups()) == (b and b.groups()), text
+        matched += a is not None
+    assert matched > 5000

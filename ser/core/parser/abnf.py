@@ -67,9 +67,11 @@ GENERIC_PARAM = re.compile(
 SIMPLE_PARAMS = re.compile(rf"(?:;{TOKEN}(?:=[^ \t;,\"=]+)?)+")
 
 # 20.42 Via: the common spelling (no optional whitespace, no quoted or IPv6 values)
+# (possessive: no part can give characters back to the next, which starts
+# with a character the part cannot hold)
 VIA_SIMPLE = re.compile(
-    rf"SIP/2\.0/({TOKEN}) ([A-Za-z0-9.\-_]+)(?::({PORT}))?"
-    rf"((?:;{TOKEN}(?:=[{TOKEN_CHARS}:\[\]]+)?)*)")
+    rf"SIP/2\.0/({TOKEN}) ([A-Za-z0-9.\-_]++)(?::({PORT}))?+"
+    rf"((?:;{TOKEN}(?:=[{TOKEN_CHARS}:\[\]]++)?+)*+)")
 # 20.42 Via -------------------------------------------------------------------
 VIA = re.compile(
     rf"{WS}({TOKEN}){WS}/{WS}({TOKEN}){WS}/{WS}({TOKEN})[ \t]+"

@@ -318,6 +318,9 @@ class CSeq:
     method: str
 
 
+_s_num, _s_method = slot_setters(CSeq)
+
+
 def parse_cseq(value: str) -> CSeq:
     m = abnf.CSEQ.fullmatch(value)
     if not m:
@@ -325,7 +328,10 @@ def parse_cseq(value: str) -> CSeq:
     num = int(m.group(1))
     if num >= 2**31:
         raise bad("CSeq number out of range")
-    return CSeq(num, m.group(2))
+    c = _new(CSeq)              # CSeq(num, method), faster
+    _s_num(c, num)
+    _s_method(c, m.group(2))
+    return c
 
 
 def parse_delta(value: str, what: str, limit: int = 2**32 - 1) -> int:
