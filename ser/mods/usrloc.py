@@ -113,7 +113,7 @@ class Ucontact:
         return 1.0 if self.q < 0 else self.q / 1000
 
 
-def _by_q_then_newest(c: Ucontact) -> tuple[float, float]:
+def contact_order(c: Ucontact) -> tuple[float, float]:
     """Sort key of an AoR's contacts: highest q first, then newest first."""
     return -c.qf, -c.last_modified
 
@@ -266,7 +266,7 @@ class UsrLoc:
             raw = self.table.get(_key(domain, aor))
             cs = decode(raw) if raw else []
         live = [c for c in cs if c.alive(now)]
-        live.sort(key=_by_q_then_newest)
+        live.sort(key=contact_order)
         return live
 
     def aors(self, domain: str) -> dict[str, list[Ucontact]]:
@@ -307,7 +307,7 @@ class UsrLoc:
             if raw:
                 old = [c for c in decode(raw) if c.alive(now)]
                 if len(old) > 1:
-                    old.sort(key=_by_q_then_newest)
+                    old.sort(key=contact_order)
             else:
                 old = []
             new, result = fn(list(old))
@@ -413,7 +413,7 @@ class UsrLoc:
                    ) -> tuple[list[Ucontact], Any]:
         now = time.time()
         old = [c for c in self._db_get(domain, aor) if c.alive(now)]
-        old.sort(key=_by_q_then_newest)
+        old.sort(key=contact_order)
         new, result = fn(list(old))
         self._db_write(domain, aor, diff(old, new))
         return new, result
