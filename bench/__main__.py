@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-for name in ("bench.parser", "bench.cfg", "bench.shm", "bench.daemon", "bench.registrar",
-             "bench.proxy", "bench.auth", "bench.antiabuse", "bench.tls", "bench.usrloc"):
+for name in ("bench.parser", "bench.cfg", "bench.shm", "bench.worker", "bench.daemon",
+             "bench.registrar", "bench.proxy", "bench.auth", "bench.antiabuse", "bench.tls",
+             "bench.usrloc"):
     try:
         mod = importlib.import_module(name)
     except ModuleNotFoundError:

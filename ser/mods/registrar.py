@@ -43,6 +43,7 @@ from ser.mods.usrloc import (
     Q_UNSPECIFIED,
     Ucontact,
     UsrLoc,
+    contact_order,
     method_bit,
     new_ruid,
 )
@@ -302,7 +303,8 @@ def _save(ctx: Any, p: dict[str, Any], domain: str, flags: int,
             raise RegError(503, "Too many registered contacts")
         return new, 1
     new, code = ul.modify(domain, aor, apply, mem_only)
-    new.sort(key=lambda c: (-c.qf, -c.last_modified))
+    if len(new) > 1:
+        new.sort(key=contact_order)
     return code, new, path_hdrs
 
 

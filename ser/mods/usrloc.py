@@ -78,6 +78,7 @@ METHOD_OTHER = 1 << 31
 
 _MIN = struct.Struct("=d")      # native order: Table.sweep reads it as a float64 word
 _CH = struct.Struct("<ddiiIIIiB7H")
+_H = struct.Struct("<H")
 _STR_FIELDS = ("c", "received", "path", "user_agent", "socket", "ruid", "instance")
 _EPOCH = dt.datetime(1970, 1, 1, 0, 0, 1)
 _ruid_seq = itertools.count(1)
@@ -119,6 +120,11 @@ class Ucontact:
         return 1.0 if self.q < 0 else self.q / 1000
 
 
+def contact_order(c: Ucontact) -> tuple[float, float]:
+    """Sort key of an AoR's contacts: highest q first, then newest first."""
+    return -c.qf, -c.last_modified
+
+
 def new_ruid() -> str:
     return f"uloc-{int(time.time()):x}-{_pid[0]}-{next(_ruid_seq):x}"
 
@@ -129,14 +135,15 @@ def _enc(s: str) -> bytes:
 
 def encode(contacts: list[Ucontact]) -> bytes:
     """The record value of an AoR's contacts."""
-    parts = [_MIN.pack(min((c.expires for c in contacts if c.expires), default=0.0))]
+    exps = [c.expires for c in contacts if c.expires]
+    parts = [_MIN.pack(min(exps) if exps else 0.0)]
     for c in contacts:
-        strs = [_enc(c.c), _enc(c.received), _enc(c.path), _enc(c.user_agent),
-                _enc(c.socket), _enc(c.ruid), _enc(c.instance)]
-        cid = _enc(c.callid)
+        strs = [s.encode("utf-8", "surrogateescape") for s in (
+            c.c, c.received, c.path, c.user_agent, c.socket, c.ruid, c.instance)]
+        cid = c.callid.encode("utf-8", "surrogateescape")
         parts.append(_CH.pack(c.expires, c.last_modified, c.q, c.cseq, c.flags, c.cflags,
-                              c.methods, c.reg_id, c.state, *(len(s) for s in strs)))
-        parts.append(struct.pack("<H", len(cid)))
+                              c.methods, c.reg_id, c.state, *map(len, strs)))
+        parts.append(_H.pack(len(cid)))
         parts.append(cid)
         parts += strs
     return b"".join(parts)
@@ -150,7 +157,7 @@ def decode(value: bytes) -> list[Ucontact]:
         (exp, lm, q, cseq, flags, cflags, methods, reg_id, state,
          *lens) = _CH.unpack_from(value, off)
         off += _CH.size
-        (cl,) = struct.unpack_from("<H", value, off)
+        (cl,) = _H.unpack_from(value, off)
         off += 2
         callid = value[off:off + cl].decode("utf-8", "surrogateescape")
         off += cl
@@ -266,7 +273,7 @@ class UsrLoc:
             raw = self.table.get(_key(domain, aor))
             cs = decode(raw) if raw else []
         live = [c for c in cs if c.alive(now)]
-        live.sort(key=lambda c: (-c.qf, -c.last_modified))
+        live.sort(key=contact_order)
         return live
 
     def aors(self, domain: str) -> dict[str, list[Ucontact]]:
@@ -303,9 +310,13 @@ class UsrLoc:
         dirty = self.db_mode == 2 and not mem_only
         box: dict[str, Any] = {}
 
-        def step(raw: bytes | None) -> bytes | None:
-            old = [c for c in decode(raw) if c.alive(now)] if raw else []
-            old.sort(key=lambda c: (-c.qf, -c.last_modified))
+        def step(raw: bytes | None) -> tuple[bytes, float] | None:
+            if raw:
+                old = [c for c in decode(raw) if c.alive(now)]
+                if len(old) > 1:
+                    old.sort(key=contact_order)
+            else:
+                old = []
             new, result = fn(list(old))
             ch = diff(old, new)
             if dirty:
@@ -314,15 +325,12 @@ class UsrLoc:
             box["new"], box["result"], box["change"] = new, result, ch
             if not new:
                 return None
-            return encode(new)
-
-        key = _key(domain, aor)
-        self.table.update(key, step, flags=REC_DIRTY if dirty else None)
-        new, result, ch = box["new"], box["result"], box["change"]
-        if new:
             # the record lives as long as its longest-lived contact
             exps = [c.expires for c in new]
-            self.table.touch(key, 0.0 if 0 in exps else max(exps))
+            return encode(new), 0.0 if 0 in exps else max(exps)
+
+        self.table.update(_key(domain, aor), step, flags=REC_DIRTY if dirty else None)
+        new, result, ch = box["new"], box["result"], box["change"]
         self._stat("usrloc:location-contacts", len(ch.inserted) - len(ch.deleted))
         if not ch or mem_only or self.db_mode == 0:
             return new, result
@@ -412,7 +420,7 @@ class UsrLoc:
                    ) -> tuple[list[Ucontact], Any]:
         now = time.time()
         old = [c for c in self._db_get(domain, aor) if c.alive(now)]
-        old.sort(key=lambda c: (-c.qf, -c.last_modified))
+        old.sort(key=contact_order)
         new, result = fn(list(old))
         self._db_write(domain, aor, diff(old, new))
         return new, result

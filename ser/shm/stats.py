@@ -134,7 +134,10 @@ class Stats:
         row = self._row
         if row < 0:
             raise ShmError("stats: child_init(rank) was not called after fork")
-        self._i[row + self._col(name)] += n
+        col = self._index.get(name)
+        if col is None:
+            col = self._col(name)
+        self._i[row + col] += n
 
     # -- reading (sums over all rows) ------------------------------------------
 

@@ -364,16 +364,19 @@ class Table:
         finally:
             self._locks.release(s)
 
-    def update(self, key: bytes, fn: Callable[[bytes | None], bytes | None],
+    def update(self, key: bytes,
+               fn: Callable[[bytes | None], bytes | tuple[bytes, float] | None],
                expires: float | None = None, flags: int | None = None) -> bytes | None:
         """Atomic read-modify-write of ``key`` under its bucket lock.
 
         ``fn(old)`` gets a copy of the current value (None if absent or
-        expired) and returns the new value, or None to delete. ``expires`` /
-        ``flags`` of None keep the old record's (0 for a new one). ``fn`` runs
-        with the lock held: keep it short and do not touch the same table from
-        it (that raises ShmError rather than deadlocking). If ``fn`` raises,
-        nothing changes. Returns the new value.
+        expired) and returns the new value, or None to delete, or a tuple
+        (new value, expiry) to set the record's expiry in the same step (it
+        wins over ``expires``). ``expires`` / ``flags`` of None keep the old
+        record's (0 for a new one). ``fn`` runs with the lock held: keep it
+        short and do not touch the same table from it (that raises ShmError
+        rather than deadlocking). If ``fn`` raises, nothing changes. Returns
+        the new value.
         """
         h, s, slot = self._place(key)
         now = self.clock()
@@ -390,6 +393,8 @@ class Table:
                     self._count(s, -1)
                     old = r
                 return None
+            if type(new_value) is tuple:
+                new_value, expires = new_value
             if not isinstance(new_value, bytes):
                 raise TypeError("update: fn must return bytes or None")
             exp = expires if expires is not None else (hdr[1] if live else 0)

@@ -213,6 +213,20 @@ def test_update_reads_modifies_and_deletes(shm):
     assert t.update(b"u", lambda old: None) is None
 
 
+def test_update_may_set_the_expiry_it_computed(shm):
+    t = shm.create_table("upde", 4)
+    assert t.update(b"k", lambda old: (b"v1", 12345678901.0)) == b"v1"
+    assert t.get_record(b"k")[1:3] == (b"v1", 12345678901.0)
+    # same value, new expiry: rewritten; the explicit ``expires`` is overridden
+    assert t.update(b"k", lambda old: (old, 22345678901.0), expires=5.0) == b"v1"
+    assert t.get_expires(b"k") == 22345678901.0
+    assert t.update(b"k", lambda old: (old + b"2", 0.0)) == b"v12"
+    assert t.get_expires(b"k") == 0.0
+    with pytest.raises(TypeError):
+        t.update(b"k", lambda old: ("text", 1.0))
+    assert t.get(b"k") == b"v12"
+
+
 def test_update_calling_back_into_the_table_fails_instead_of_hanging(shm):
     t = shm.create_table("reent", 2)
 

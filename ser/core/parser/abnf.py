@@ -21,7 +21,9 @@ UTF8_NONASCII = r"\x80-\U0010ffff"              # includes surrogate escapes
 # quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE
 QDTEXT = rf"[ \t!#-\[\]-~{UTF8_NONASCII}]"
 QUOTED_PAIR = r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]"
-QUOTED = rf'"(?:{QDTEXT}|{QUOTED_PAIR})*"'
+# (runs of qdtext matched possessively: a run cannot end inside a quoted-pair
+# or a quote, so this is the same language without per-character backtracking)
+QUOTED = rf'"(?:{QDTEXT}++|{QUOTED_PAIR})*+"'
 
 # 25.1 host / port ------------------------------------------------------------
 IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
@@ -49,6 +51,11 @@ URI_PARAM = re.compile(rf";({PARAMCHAR}+)(?:=({PARAMCHAR}*))?")
 # header = hname "=" hvalue, hnv-unreserved = [ ] / ? : + $
 HNVCHAR = r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})"
 URI_HEADER = re.compile(rf"({HNVCHAR}+)=({HNVCHAR}*)")
+# the common spelling of a SIP/SIPS URI in one rule: lowercase scheme, user
+# without password, host, port, parameters, no headers (every other form
+# goes through the rules above, one part at a time)
+SIP_URI_SIMPLE = re.compile(
+    rf"(sips?):(?:({USER.pattern})@)?({HOST})(?::({PORT}))?((?:;{PARAMCHAR}+(?:={PARAMCHAR}*)?)*)")
 ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()pPwW]+")
 
@@ -56,10 +63,15 @@ TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()pPwW]+")
 GENERIC_PARAM = re.compile(
     rf"{WS};{WS}({TOKEN})(?:{WS}={WS}({QUOTED}|[^ \t;,\"=]+))?{WS}")
 
+# the common spelling of a parameter list: no whitespace, no quoted values
+SIMPLE_PARAMS = re.compile(rf"(?:;{TOKEN}(?:=[^ \t;,\"=]+)?)+")
+
 # 20.42 Via: the common spelling (no optional whitespace, no quoted or IPv6 values)
+# (possessive: no part can give characters back to the next, which starts
+# with a character the part cannot hold)
 VIA_SIMPLE = re.compile(
-    rf"SIP/2\.0/({TOKEN}) ([A-Za-z0-9.\-_]+)(?::({PORT}))?"
-    rf"((?:;{TOKEN}(?:=[{TOKEN_CHARS}:\[\]]+)?)*)")
+    rf"SIP/2\.0/({TOKEN}) ([A-Za-z0-9.\-_]++)(?::({PORT}))?+"
+    rf"((?:;{TOKEN}(?:=[{TOKEN_CHARS}:\[\]]++)?+)*+)")
 # 20.42 Via -------------------------------------------------------------------
 VIA = re.compile(
     rf"{WS}({TOKEN}){WS}/{WS}({TOKEN}){WS}/{WS}({TOKEN})[ \t]+"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import abnf
 from .errors import bad
-from .uri import URI, parse_uri
+from .uri import URI, parse_uri, slot_setters
 
 # RFC 3261 7.3.3 compact forms, and the extension ones in common use
 COMPACT = {
@@ -117,8 +117,25 @@ def split_list(value: str) -> list[str]:
     return out
 
 
+_simple_params = abnf.SIMPLE_PARAMS.fullmatch
+
+
 def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     """``;name[=value]`` pairs from ``pos`` to the end; names lowercased, quotes kept."""
+    params: dict[str, str | None] = {}
+    end = len(text)
+    if pos >= end:
+        return params
+    if _simple_params(text, pos):
+        for p in text[pos + 1:].split(";"):
+            name, eq, value = p.partition("=")
+            params[name.lower()] = value if eq else None
+        return params
+    return _parse_params_generic(text, pos, what)
+
+
+def _parse_params_generic(text: str, pos: int, what: str) -> dict[str, str | None]:
+    """parse_params for any spelling, one GENERIC_PARAM at a time."""
     params: dict[str, str | None] = {}
     end = len(text)
     match = abnf.GENERIC_PARAM.match
@@ -256,6 +273,10 @@ class NameAddr:
         return q
 
 
+_new = object.__new__
+_s_display, _s_uri, _s_params, _s_text, _s_bracketed = slot_setters(NameAddr)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """From, To, Contact, Route, Record-Route, ... value (one element)."""
     m = abnf.NAME_ADDR.match(text)
@@ -278,7 +299,13 @@ def parse_name_addr(text: str) -> NameAddr:
         bracketed = False
     uri = parse_uri(uri_text)
     params = parse_params(text, m.end(), "header")
-    return NameAddr(display, uri, params, text, bracketed)
+    na = _new(NameAddr)          # NameAddr(display, uri, params, text, bracketed), faster
+    _s_display(na, display)
+    _s_uri(na, uri)
+    _s_params(na, params)
+    _s_text(na, text)
+    _s_bracketed(na, bracketed)
+    return na
 
 
 def parse_name_addrs(value: str) -> list[NameAddr]:
@@ -291,6 +318,9 @@ class CSeq:
     method: str
 
 
+_s_num, _s_method = slot_setters(CSeq)
+
+
 def parse_cseq(value: str) -> CSeq:
     m = abnf.CSEQ.fullmatch(value)
     if not m:
@@ -298,7 +328,10 @@ def parse_cseq(value: str) -> CSeq:
     num = int(m.group(1))
     if num >= 2**31:
         raise bad("CSeq number out of range")
-    return CSeq(num, m.group(2))
+    c = _new(CSeq)              # CSeq(num, method), faster
+    _s_num(c, num)
+    _s_method(c, m.group(2))
+    return c
 
 
 def parse_delta(value: str, what: str, limit: int = 2**32 - 1) -> int:

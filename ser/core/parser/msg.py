@@ -101,7 +101,14 @@ class SipMessage:
     def headers(self, name: str) -> list[str]:
         """Every value of a header, list headers split at top-level commas."""
         key = _canon_get(name) or canonical_name(name)
-        vals = [p[2] for k, p in zip(self._keys, self._parts) if k == key]
+        keys = self._keys
+        n = keys.count(key)
+        if n == 0:
+            return []
+        if n == 1:
+            vals = [self._parts[keys.index(key)][2]]
+        else:
+            vals = [p[2] for k, p in zip(keys, self._parts) if k == key]
         if key in LIST_HEADERS:
             out: list[str] = []
             for v in vals:
@@ -188,6 +195,9 @@ class SipMessage:
 
     @lazy
     def star_contact(self) -> bool:
+        keys = self._keys
+        if keys.count("contact") == 1 and "*" not in self._parts[keys.index("contact")][2]:
+            return False
         return any(v == "*" for v in self.headers("contact"))
 
     @lazy

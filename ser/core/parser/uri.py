@@ -7,7 +7,8 @@ compares or displays them (RFC 3261 19.1.4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from . import abnf
 from .errors import ProtocolError
@@ -102,8 +103,51 @@ class AbsoluteURI:
 URI = SipURI | TelURI | AbsoluteURI
 
 
+def slot_setters(cls: type) -> tuple[Any, ...]:
+    """The slot descriptors' ``__set__`` of a frozen slotted dataclass, in
+    field order. The parser builds its hot objects (a URI, a name-addr) with
+    them: a frozen dataclass's own ``__init__`` pays an
+    ``object.__setattr__`` call per field, about twice the cost."""
+    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+
+
+_new = object.__new__
+(_s_scheme, _s_user, _s_password, _s_host, _s_port, _s_params, _s_headers,
+ _s_text) = slot_setters(SipURI)
+
+
+def _sip_uri(scheme: str, user: str | None, password: str | None, host: str,
+             port: int | None, params: dict[str, str | None], headers: dict[str, str],
+             text: str) -> SipURI:
+    """``SipURI(...)`` with every field given, built through the slots."""
+    u = _new(SipURI)
+    _s_scheme(u, scheme)
+    _s_user(u, user)
+    _s_password(u, password)
+    _s_host(u, host)
+    _s_port(u, port)
+    _s_params(u, params)
+    _s_headers(u, headers)
+    _s_text(u, text)
+    return u
+
+
+_sip_simple = abnf.SIP_URI_SIMPLE.fullmatch
+
+
 def parse_uri(text: str, *, status: int | None = 400) -> URI:
     """Parse a URI; a malformed one raises ProtocolError(status)."""
+    m = _sip_simple(text)
+    if m is not None:
+        scheme, user, host, port, ptext = m.groups()
+        portn = int(port) if port else None
+        if portn is None or portn <= 65535:
+            params: dict[str, str | None] = {}
+            if ptext:
+                for p in ptext[1:].split(";"):
+                    name, eq, value = p.partition("=")
+                    params[name] = value if eq else None
+            return _sip_uri(scheme, user, None, host, portn, params, {}, text)
     colon = text.find(":")
     if colon <= 0 or not abnf.SCHEME.fullmatch(text, 0, colon):
         raise ProtocolError(status, f"bad URI {text[:64]!r}")
@@ -161,7 +205,7 @@ def _parse_sip(text: str, scheme: str, pos: int, status: int | None) -> SipURI:
         pos = end
     if pos != end:
         raise ProtocolError(status, f"bad URI {text[:64]!r}")
-    return SipURI(scheme, user, password, host, port, params, headers, text)
+    return _sip_uri(scheme, user, password, host, port, params, headers, text)
 
 
 def _parse_tel(text: str, pos: int, status: int | None) -> TelURI:
