@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,14 @@ def test_forward_adds_via_and_relays_the_reply(ser_factory):
     uac.sendto(req, ("127.0.0.1", ser.port))
     again = uas.recv(65535).decode()
     assert re.findall(r"^Via: (.*)\r$", again, re.M)[0] == vias[0]
-    stats = ser.rpc("stats.get_statistics", "core:fwd_requests", "core:fwd_replies")
+    # the worker counts a forward after sending it: give it that moment
+    deadline = time.monotonic() + 5
+    while True:
+        stats = ser.rpc("stats.get_statistics", "core:fwd_requests", "core:fwd_replies")
+        if stats == ["core:fwd_replies = 1", "core:fwd_requests = 2"] or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert stats == ["core:fwd_replies = 1", "core:fwd_requests = 2"]
     assert "forwarding MESSAGE sip:bob@example.com from 127.0.0.1:" in ser.logtext()
     # a reply whose top Via is not ours is dropped
