@@ -128,3 +128,26 @@ def test_no_content_length_with_accept_no_cl():
     assert msg.http_version == "HTTP/1.1" and msg.method == "GET" and msg.ruri == "/RPC"
     assert parse_message(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n") \
         .http_version is None
+
+
+def test_content_length_is_read_only_from_header_lines_that_are_it():
+    # lookalikes elsewhere in a line or in another header's name do not count;
+    # case, the compact form, bare-LF lines and equal repeats do
+    head = (b"MESSAGE sip:a@b SIP/2.0\r\nX-Content-Length: 9\r\nSubject: l: 7\r\n"
+            b"Lx: 8\nCONTENT-length :  3 \nL:3\r\n\r\n")
+    f = StreamFramer()
+    assert f.feed(head + b"abc" + head[:20]) == [head + b"abc"]
+    assert f.pending == 20
+    with pytest.raises(ProtocolError) as e:
+        StreamFramer().feed(b"MESSAGE sip:a@b SIP/2.0\r\nX-Content-Length: 0\r\n\r\n")
+    assert "missing Content-Length" in e.value.reason
+
+
+def test_a_message_that_arrives_whole_after_a_partial_one_is_cut_the_same():
+    msg = b"MESSAGE sip:a@b SIP/2.0\r\nl: 2\r\n\r\nhi"
+    f = StreamFramer()
+    assert f.feed(msg) == [msg]
+    assert f.pending == 0
+    assert f.feed(msg[:7]) == []
+    assert f.feed(msg[7:] + msg + b"\r\n\r\n" + msg[:3]) == [msg, msg]
+    assert (f.pings, f.pending) == (1, 3)

@@ -16,7 +16,8 @@ import re
 
 from .errors import ProtocolError
 
-_CL = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$")
+# matched at the start of a header line (``$``: the end of that line)
+_CL = re.compile(rb"(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
 
 
 class StreamFramer:
@@ -48,54 +49,75 @@ class StreamFramer:
         return out
 
     def _cut(self, data: bytes, out: list[bytes]) -> None:
+        # Cut by offset over one buffer: ``data`` itself when nothing is held
+        # (a message that arrives whole is passed on without a copy), else the
+        # held bytes with ``data`` appended; what is left is kept at the end.
         buf = self.buf
-        buf += data
-        while buf:
-            if buf[0] in (13, 10):
-                if not self._skip_keepalive():
+        if buf:
+            buf += data
+            s: bytes | bytearray = buf
+        else:
+            s = data
+        n = len(s)
+        pos = 0
+        try:
+            while pos < n:
+                if s[pos] in (13, 10):
+                    if s.startswith(b"\r\n\r\n", pos):
+                        self.pings += 1
+                        pos += 4
+                    elif n - pos < 4 and s[pos:] in (b"\r", b"\r\n", b"\r\n\r"):
+                        break               # more bytes decide: a ping or a stray CRLF
+                    else:
+                        pos += 1
+                    continue
+                end = s.find(b"\r\n\r\n", pos)
+                sep = 4
+                if end < 0:
+                    end = s.find(b"\n\n", pos)
+                    sep = 2
+                if end < 0:
+                    if n - pos > self.max_size:
+                        raise ProtocolError(513, "Message Too Large (header block)")
                     break
-                continue
-            end = buf.find(b"\r\n\r\n")
-            sep = 4
-            if end < 0:
-                end = buf.find(b"\n\n")
-                sep = 2
-            if end < 0:
-                if len(buf) > self.max_size:
-                    raise ProtocolError(513, "Message Too Large (header block)")
-                break
-            cl = self._content_length(bytes(buf[:end]), self.accept_no_cl)
-            total = end + sep + cl
-            if total > self.max_size:
-                raise ProtocolError(513, "Message Too Large")
-            if len(buf) < total:
-                break
-            out.append(bytes(buf[:total]))
-            del buf[:total]
-
-    def _skip_keepalive(self) -> bool:
-        """Drop leading CR/LF; False when more bytes are needed to decide."""
-        buf = self.buf
-        if buf.startswith(b"\r\n\r\n"):
-            self.pings += 1
-            del buf[:4]
-            return True
-        if buf in (b"\r", b"\r\n", b"\r\n\r"):
-            return False
-        del buf[:1]
-        return True
+                total = end + sep - pos + self._content_length(bytes(s[pos:end]),
+                                                               self.accept_no_cl)
+                if total > self.max_size:
+                    raise ProtocolError(513, "Message Too Large")
+                if n - pos < total:
+                    break
+                out.append(bytes(s[pos:pos + total]))   # s itself when it is one message
+                pos += total
+        finally:
+            if s is buf:
+                del buf[:pos]
+            elif pos < n:
+                buf += s[pos:]
 
     @staticmethod
     def _content_length(head: bytes, accept_no_cl: bool = False) -> int:
-        found = _CL.findall(head)
+        # the lines that can be Content-Length (or its compact form l), found
+        # on a lowered copy; the pattern is matched only there
+        low = head.lower()
+        found = []
+        if low.startswith((b"content-length", b"l")):
+            m = _CL.match(head)
+            if m is not None:
+                found.append(m.group(1))
+        for needle in (b"\ncontent-length", b"\nl"):
+            i = low.find(needle)
+            while i >= 0:
+                m = _CL.match(head, i + 1)
+                if m is not None:
+                    found.append(m.group(1))
+                i = low.find(needle, i + 1)
         if not found:
             if accept_no_cl:
                 return 0
             raise ProtocolError(400, "missing Content-Length on a stream transport")
-        values = {v.strip() for v in found}
-        if len(values) != 1:
+        value = found[0].strip()
+        if len(found) > 1 and any(v.strip() != value for v in found):
             raise ProtocolError(400, "conflicting Content-Length headers")
-        value = values.pop()
         if not value.isdigit() or len(value) > 10:
             raise ProtocolError(400, "bad Content-Length")
         return int(value)
