@@ -14,6 +14,12 @@ memory, full TLS handshakes per second per core; ser against Kamailio.
 4. Handshakes: ``--handshakes`` full TLS handshakes (new connection, no
    session resumption, RSA-2048 certificate, TLSv1.3), the server's CPU
    seconds for them, reported as handshakes per second per core.
+5. In-process (ser only): the TCP worker's path for a REGISTER (a real
+   ``TcpWorker`` with bench.worker's compiled config and shared memory, one
+   loopback connection: select, read, frame, ``Core.receive``, the reply's
+   send) against ``Core.receive`` alone as the UDP loop calls it; their
+   difference is what the stream transport adds, without the wake-ups and
+   cold caches that dominate the daemon's figure at 1000/s.
 Quote ratios, not absolute times: the machine is noisy.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import selectors
 import shutil
 import socket
 import ssl
@@ -182,6 +189,53 @@ def handshakes(srv: Server, count: int, limit_s: float = 120) -> tuple[int, floa
     return done, done / max(used, 1e-6)
 
 
+def tcp_inprocess(n: int = 3000) -> tuple[float, float]:
+    """(us per REGISTER through the TCP worker's path, us in Core.receive alone)."""
+    from bench.worker import REGISTER, _core, _run
+    from ser.core import tcp
+    from ser.core.net import SocketInfo
+    core, shm = _core()
+    ls = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(ls.getsockname())
+    sock, _ = ls.accept()
+    try:
+        shm.create_table(tcp.TABLE, tcp.TABLE_BITS)
+        w = tcp.TcpWorker(1, 0, [])
+        w.sel = selectors.DefaultSelector()
+        w.conns, w.by_id, w.by_dest, w.next_id = {}, {}, {}, 1
+        w.table = tcp.ConnTable(shm.table(tcp.TABLE))
+        w.accept_aliases, w.rd_size, w.max_size = False, tcp.READ_SIZE, 65535
+        w.core, core.tcp_send = core, w.send
+        si = SocketInfo("tcp", "127.0.0.1", 5060, ls)
+        w._add(tcp.Conn(sock, si, peer.getsockname()[:2], w.max_size, "tcp", w._new_id()))
+        peer.settimeout(5)
+
+        def run(base: int) -> float:
+            took = 0.0
+            reply = b""
+            for i in range(base, base + n):
+                peer.sendall(REGISTER.format(i=i).replace("/UDP", "/TCP").encode())
+                t0 = time.perf_counter()
+                for key, events in w.sel.select(5.0):
+                    w._event(key.data, events)
+                took += time.perf_counter() - t0
+                reply = peer.recv(65536)
+            if not reply.startswith(b"SIP/2.0 200 "):
+                raise SystemExit(f"bench.tls: REGISTER over TCP not answered 200: {reply[:80]!r}")
+            return took / n * 1e6
+
+        run(10 * n)                                           # warm-up
+        via_tcp = min(run(k * n) for k in (11, 12, 13))
+        alone = min(_run(core, [REGISTER.format(i=i).encode() for i in range(k * n, k * n + n)])
+                    for k in (1, 2, 3))
+        return via_tcp, alone
+    finally:
+        for s in (peer, sock, ls):
+            s.close()
+        shm.close()
+        shm.unlink()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench.tls")
     p.add_argument("--rate", type=int, default=1000)
@@ -235,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 srv.stop()
             results[name] = r
+    if "ser" in names:
+        via_tcp, alone = tcp_inprocess()
+        print(f"ser in-process: REGISTER through the TCP worker {via_tcp:.1f} us, "
+              f"Core.receive alone {alone:.1f} us: the stream transport adds "
+              f"{via_tcp - alone:.1f} us", flush=True)
     if "ser" in results and "kamailio" in results:
         s, k = results["ser"], results["kamailio"]
         parts = []
