@@ -59,7 +59,7 @@ def _core() -> tuple[Core, Any]:
     cfg = check_text(SER_CFG.format(port=5060, workers=1))
     if cfg.errors:
         raise SystemExit(f"bench.worker: config: {cfg.errors}")
-    shm, stats = shmstate.create(cfg, 128, 0)
+    shm, stats, _cfgvars = shmstate.create(cfg, 128, 0)
     shm.child_init(0)
     for inst in cfg.modules.values():
         if inst.decl.mod_init is not None:

@@ -135,8 +135,26 @@ def _sip_uri(scheme: str, user: str | None, password: str | None, host: str,
 _sip_simple = abnf.SIP_URI_SIMPLE.fullmatch
 
 
+# Parsed URIs by text, per process: the same Request-URIs, next hops and
+# Contacts come back over and over. A URI is immutable (no caller changes its
+# params or headers dicts), so one object may serve every message; errors are
+# not kept. Cleared when full, so a flood of distinct URIs costs one insert each.
+CACHE_MAX = 512
+_cache: dict[str, URI] = {}
+
+
 def parse_uri(text: str, *, status: int | None = 400) -> URI:
     """Parse a URI; a malformed one raises ProtocolError(status)."""
+    uri = _cache.get(text)
+    if uri is None:
+        uri = _parse_uri(text, status)
+        if len(_cache) >= CACHE_MAX:
+            _cache.clear()
+        _cache[text] = uri
+    return uri
+
+
+def _parse_uri(text: str, status: int | None) -> URI:
     m = _sip_simple(text)
     if m is not None:
         scheme, user, host, port, ptext = m.groups()
