@@ -285,15 +285,8 @@ _na_cache: dict[str, NameAddr] = {}
 def parse_name_addr(text: str) -> NameAddr:
     """From, To, Contact, Route, Record-Route, ... value (one element)."""
     na = _na_cache.get(text)
-    if na is None:
-        na = _parse_name_addr(text)
-        if len(_na_cache) >= CACHE_MAX:
-            _na_cache.clear()
-        _na_cache[text] = na
-    return na
-
-
-def _parse_name_addr(text: str) -> NameAddr:
+    if na is not None:
+        return na
     m = abnf.NAME_ADDR.match(text)
     if m:
         display = m.group(1)
@@ -320,6 +313,9 @@ def _parse_name_addr(text: str) -> NameAddr:
     _s_params(na, params)
     _s_text(na, text)
     _s_bracketed(na, bracketed)
+    if len(_na_cache) >= CACHE_MAX:
+        _na_cache.clear()
+    _na_cache[text] = na
     return na
 
 
