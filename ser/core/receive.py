@@ -294,16 +294,16 @@ class Core:
         if not host:
             target = ctx.dst_uri or ctx.ruri or msg.ruri
             try:
-                uri = parse_uri(target)
+                parsed = _sip_target(target)
             except ProtocolError:
                 log.error("forward: bad destination URI %s", target)
                 return False
-            if not isinstance(uri, SipURI):
-                log.error("forward: cannot route to a %s: URI", uri.scheme)
+            if isinstance(parsed, str):
+                log.error("forward: cannot route to a %s: URI", parsed)
                 return False
-            host = uri.host
-            port = port or uri.port or (5061 if uri.scheme == "sips" else 5060)
-            proto = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+            sips, host, uport, transport = parsed
+            port = port or uport or (5061 if sips else 5060)
+            proto = transport or ("tls" if sips else "udp")
         port = port or 5060
         ip = _resolve(host.strip("[]"))
         if ip is None:
@@ -376,14 +376,15 @@ class Core:
     def resolve_target(self, target: str) -> tuple[str, str, int, SocketInfo] | None:
         """(proto, ip, port, socket to send from) of a SIP URI, or None."""
         try:
-            uri = parse_uri(target)
+            parsed = _sip_target(target)
         except ProtocolError:
             return None
-        if not isinstance(uri, SipURI):
+        if isinstance(parsed, str):
             return None
-        proto = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        port = uri.port or (5061 if proto == "tls" else 5060)
-        ip = _resolve(uri.host.strip("[]"))
+        sips, host, uport, transport = parsed
+        proto = transport or ("tls" if sips else "udp")
+        port = uport or (5061 if proto == "tls" else 5060)
+        ip = _resolve(host.strip("[]"))
         if ip is None:
             return None
         si = self.socket_for(proto, ip)
@@ -426,9 +427,30 @@ def _with_param(via: str, name: str, value: str) -> str:
     return f"{via};{name}={value}"
 
 
+_LITERALS_MAX = 512     # bound of the IP literals remembered (cleared when full)
+_literals: set[str] = set()
+
+
+def _sip_target(target: str) -> tuple[bool, str, int | None, str | None] | str:
+    """(sips?, host as written, port or None, lowercased transport or None) of
+    a SIP URI, or the scheme of another kind of URI; raises ProtocolError for
+    a bad one (parse_uri keeps the parsed next hops)."""
+    uri = parse_uri(target)
+    if isinstance(uri, SipURI):
+        return uri.scheme == "sips", uri.host, uri.port, uri.transport
+    return uri.scheme
+
+
 def _resolve(host: str) -> str | None:
+    """An IP literal as it is, else the first address the name resolves to
+    (names are looked up every time; only literals are remembered)."""
+    if host in _literals:
+        return host
     try:
         ipaddress.ip_address(host)
+        if len(_literals) >= _LITERALS_MAX:
+            _literals.clear()
+        _literals.add(host)
         return host
     except ValueError:
         pass

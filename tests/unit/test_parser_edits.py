@@ -200,3 +200,75 @@ def test_content_length_with_odd_whitespace_is_read_as_checked():
     raw = REQ.replace(b"Content-Length: 5", b"Content-Length: 5\x1d")
     m = parse_message(raw)
     assert m.content_length == 5 and m.body == b"hello"
+
+
+_SHAPES = [
+    REQ,
+    # folded To line, compact Content-Length with a leading zero (rewritten to 0)
+    b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
+    b"To: <sip:bob@example.com>\r\n  ;tag=5\r\nl: 00\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n",
+    # bare LF line ends, no Content-Length (one is appended)
+    b"BYE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\n"
+    b"t: <sip:bob@example.com>;tag=9\nCall-ID: x\nCSeq: 2 BYE\n\n",
+    # three Via lines, the first with three values
+    b"SIP/2.0 180 Ringing\r\nv: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1 , SIP/2.0/UDP 192.0.2.2,SIP/2.0/UDP 192.0.2.6\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.3\r\nVia: SIP/2.0/TCP 192.0.2.4\r\nTo: <sip:b@example.com>;tag=2\r\n"
+    b"Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    # a reply with a Content-Length smaller than what was received
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1, SIP/2.0/UDP 192.0.2.9\r\n"
+    b"To: <sip:bob@example.com>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length:  2\r\n\r\nxyz",
+]
+_EDITS = [
+    lambda m: m.add_header("Record-Route", "<sip:192.0.2.5;lr>"),
+    lambda m: m.add_via("SIP/2.0/UDP 192.0.2.5;branch=z9hG4bKx"),
+    lambda m: m.add_header("X-A", "1", first=True),
+    lambda m: m.add_header("X-B", "2"),
+    lambda m: m.add_header("content-LENGTH", "7"),
+    lambda m: m.add_header("l", "7", first=True),
+    lambda m: m.set_ruri("sip:carol@192.0.2.7") if m.is_request else None,
+    lambda m: m.remove_header("Call-ID"),
+    lambda m: m.remove_header("x-custom"),
+    lambda m: m.remove_header("Via"),
+    lambda m: m.remove_header("Content-Length"),
+    lambda m: m.add_header("X-Custom", "three"),
+    lambda m: m.remove_top_via(),
+    lambda m: m.remove_top_via(),
+    lambda m: m.add_header("Via", "SIP/2.0/UDP 192.0.2.8;branch=z9hG4bKy"),
+]
+
+
+def test_serialize_shortcut_matches_the_general_path(monkeypatch):
+    """serialize() joins the received lines when only headers were added and
+    the Request-URI set; every edit mix gives the bytes the row-by-row path gives."""
+    import random
+
+    from ser.core.parser.msg import SipMessage
+    rnd = random.Random(4475)
+    cases = []
+    for raw in _SHAPES:
+        for _ in range(500):
+            m = parse_message(raw)
+            for edit in rnd.choices(_EDITS, k=rnd.randint(1, 5)):
+                edit(m)
+            if m.changed:
+                cases.append((raw, m, m.serialize()))
+    assert sum(SipMessage._serialize_adds(m, m._edits) is not None for _, m, _ in cases) > 100
+    monkeypatch.setattr(SipMessage, "_serialize_adds", lambda self, edits: None)
+    for raw, m, fast in cases:
+        assert fast == m.serialize(), (raw, m._edits)
+
+
+def test_parsed_uris_and_name_addrs_are_kept_but_errors_are_not():
+    from ser.core.parser.hdrs import parse_name_addr
+    from ser.core.parser.uri import parse_uri
+    a = parse_name_addr('"x;tag=no" <sip:bob@example.com;tag=no>;tag=yes')
+    assert a is parse_name_addr('"x;tag=no" <sip:bob@example.com;tag=no>;tag=yes')
+    assert a.tag == "yes" and a.display == "x;tag=no"
+    assert parse_uri("sip:bob@example.com;transport=tcp") is \
+        parse_uri("sip:bob@example.com;transport=tcp")
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            parse_name_addr("<sip:bob@exa mple.com>")
+        with pytest.raises(ProtocolError) as e:
+            parse_uri("sip:", status=416)
+        assert e.value.status == 416

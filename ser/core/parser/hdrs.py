@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import abnf
 from .errors import bad
-from .uri import URI, parse_uri, slot_setters
+from .uri import CACHE_MAX, URI, parse_uri, slot_setters
 
 # RFC 3261 7.3.3 compact forms, and the extension ones in common use
 COMPACT = {
@@ -277,8 +277,16 @@ _new = object.__new__
 _s_display, _s_uri, _s_params, _s_text, _s_bracketed = slot_setters(NameAddr)
 
 
+# Parsed name-addrs by text, per process (To of in-dialog requests, Route
+# sets, Contacts repeat); immutable like the URIs in uri._cache, same bound.
+_na_cache: dict[str, NameAddr] = {}
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """From, To, Contact, Route, Record-Route, ... value (one element)."""
+    na = _na_cache.get(text)
+    if na is not None:
+        return na
     m = abnf.NAME_ADDR.match(text)
     if m:
         display = m.group(1)
@@ -305,6 +313,9 @@ def parse_name_addr(text: str) -> NameAddr:
     _s_params(na, params)
     _s_text(na, text)
     _s_bracketed(na, bracketed)
+    if len(_na_cache) >= CACHE_MAX:
+        _na_cache.clear()
+    _na_cache[text] = na
     return na
 
 

@@ -304,8 +304,12 @@ class SipMessage:
 
     def serialize(self) -> bytes:
         """The bytes to send: the message with every recorded edit applied once."""
-        if not self._edits:
+        edits = self._edits
+        if not edits:
             return self.raw[:self._end]
+        fast = self._serialize_adds(edits)
+        if fast is not None:
+            return fast
         first = self.first_line
         rows = [[n, v, k] for (n, _, v), k in zip(self._parts, self._keys)]
         body = self.body
@@ -355,6 +359,64 @@ class SipMessage:
             rows.append(["Content-Length", cl, "content-length"])
         head = first + "".join(f"\r\n{n}:{v}" for n, v, _ in rows) + "\r\n\r\n"
         return head.encode("utf-8", "surrogateescape") + body
+
+    def _serialize_adds(self, edits: list[tuple[Any, ...]]) -> bytes | None:
+        """``serialize`` for the usual proxy edits (headers added or removed,
+        the Request-URI set, the received top Via removed) with a Content-Length
+        that is already right: the received header lines are joined once
+        instead of row by row. None when another kind of edit needs the
+        general path."""
+        first = self.first_line
+        top: list[str] = []
+        bottom: list[str] = []
+        lines, keys = self._lines, self._keys
+        added: set[str] = set()
+        via_removed = False
+        for op in edits:
+            kind = op[0]
+            if kind == "add":
+                key = _canon_get(op[1]) or canonical_name(op[1])
+                if key == "content-length":
+                    return None
+                added.add(key)
+                line = f"{op[1]}: {op[2]}"
+                if op[3]:
+                    top.append(line)
+                else:
+                    bottom.append(line)
+            elif kind == "ruri":
+                first = f"{self.method} {op[1]} {self.version}"
+            elif kind == "rm" and op[1] not in added and op[1] != "content-length":
+                if op[1] in keys:       # a Route consumed (loose_route), ...
+                    lines = [ln for ln, k in zip(lines, keys) if k != op[1]]
+                    keys = [k for k in keys if k != op[1]]
+            elif kind == "rm_via1" and "via" not in added and not via_removed and "via" in keys:
+                # the received top Via value goes (a reply relayed upstream)
+                via_removed = True
+                i = keys.index("via")
+                name, _, value = lines[i].partition(":")
+                rest = split_list(value)[1:]
+                lines = lines.copy()
+                if rest:
+                    lines[i] = f"{name}: {', '.join(rest)}"
+                else:
+                    del lines[i]
+                    keys = keys.copy()
+                    del keys[i]
+            else:
+                return None
+        body = self.body
+        if "content-length" in self._keys:      # never removed above
+            if self._parts[self._keys.index("content-length")][2].strip() != str(len(body)):
+                return None
+        else:
+            bottom.append(f"Content-Length: {len(body)}")
+        top.append(first)
+        top.reverse()           # each header added first goes before the earlier ones
+        top.extend(lines)
+        top.extend(bottom)
+        top.append("\r\n")
+        return "\r\n".join(top).encode("utf-8", "surrogateescape") + body
 
     def __repr__(self) -> str:
         if self.is_request:

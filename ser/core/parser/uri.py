@@ -135,8 +135,19 @@ def _sip_uri(scheme: str, user: str | None, password: str | None, host: str,
 _sip_simple = abnf.SIP_URI_SIMPLE.fullmatch
 
 
+# Parsed URIs by text, per process: the same Request-URIs, next hops and
+# Contacts come back over and over. A URI is immutable (no caller changes its
+# params or headers dicts), so one object may serve every message; errors are
+# not kept. Cleared when full, so a flood of distinct URIs costs one insert each.
+CACHE_MAX = 512
+_cache: dict[str, URI] = {}
+
+
 def parse_uri(text: str, *, status: int | None = 400) -> URI:
     """Parse a URI; a malformed one raises ProtocolError(status)."""
+    uri = _cache.get(text)
+    if uri is not None:
+        return uri
     m = _sip_simple(text)
     if m is not None:
         scheme, user, host, port, ptext = m.groups()
@@ -147,7 +158,17 @@ def parse_uri(text: str, *, status: int | None = 400) -> URI:
                 for p in ptext[1:].split(";"):
                     name, eq, value = p.partition("=")
                     params[name] = value if eq else None
-            return _sip_uri(scheme, user, None, host, portn, params, {}, text)
+            uri = _sip_uri(scheme, user, None, host, portn, params, {}, text)
+    if uri is None:
+        uri = _parse_uri(text, status)
+    if len(_cache) >= CACHE_MAX:
+        _cache.clear()
+    _cache[text] = uri
+    return uri
+
+
+def _parse_uri(text: str, status: int | None) -> URI:
+    """parse_uri beyond the plain sip:user@host:port;params shape."""
     colon = text.find(":")
     if colon <= 0 or not abnf.SCHEME.fullmatch(text, 0, colon):
         raise ProtocolError(status, f"bad URI {text[:64]!r}")
