@@ -305,7 +305,7 @@ class Core:
             port = port or uport or (5061 if sips else 5060)
             proto = transport or ("tls" if sips else "udp")
         port = port or 5060
-        ip = _resolve(host.strip("[]"))
+        ip = resolve_host(host.strip("[]"))
         if ip is None:
             log.error("forward: cannot resolve %s", host)
             return False
@@ -384,7 +384,7 @@ class Core:
         sips, host, uport, transport = parsed
         proto = transport or ("tls" if sips else "udp")
         port = uport or (5061 if proto == "tls" else 5060)
-        ip = _resolve(host.strip("[]"))
+        ip = resolve_host(host.strip("[]"))
         if ip is None:
             return None
         si = self.socket_for(proto, ip)
@@ -441,7 +441,7 @@ def _sip_target(target: str) -> tuple[bool, str, int | None, str | None] | str:
     return uri.scheme
 
 
-def _resolve(host: str) -> str | None:
+def resolve_host(host: str) -> str | None:
     """An IP literal as it is, else the first address the name resolves to
     (names are looked up every time; only literals are remembered)."""
     if host in _literals:

@@ -196,13 +196,18 @@ _RESULT_STATS = {AUTHENTICATED: "auth:authenticated", INVALID_PASSWORD: "auth:in
                  NONCE_REUSED: "auth:nonce_reused", AUTH_ERROR: "auth:errors"}
 
 
+def _count(ctx: Any, name: str) -> None:
+    shm = getattr(ctx.rt, "shm", None)     # None outside a daemon (unit tests)
+    if shm is not None:
+        shm.stats.inc(name)
+
+
 def counted(ctx: Any, rc: int) -> int:
     """``rc``, an authentication result, counted in its ``auth:`` statistic
     (no credentials at all is not counted: the challenge that follows is)."""
     name = _RESULT_STATS.get(rc)
-    shm = getattr(ctx.rt, "shm", None)
-    if name is not None and shm is not None:
-        shm.stats.inc(name)
+    if name is not None:
+        _count(ctx, name)
     return rc
 
 
@@ -368,9 +373,7 @@ def challenge(ctx: Any, realm: str, flags: int, www: bool,
         if not flags & F_NO_500:
             send_reply(ctx, 500, "Server Internal Error", [], cfg.force_stateless)
         return -1
-    shm = getattr(ctx.rt, "shm", None)
-    if shm is not None:
-        shm.stats.inc("auth:challenges")
+    _count(ctx, "auth:challenges")
     return 1
 
 

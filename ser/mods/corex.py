@@ -13,7 +13,6 @@ generates (sl_send_reply, the core's error replies).
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 from ser.core.cfg.runtime import add_branch, parse_q
@@ -90,8 +89,8 @@ def send_udp(ctx: Any, target: str = "") -> int:
     if core is None:
         ctx.actions.append(("send_udp", host, port))
         return 1
-    from ser.core.receive import Dest
-    ip = _resolve(host)
+    from ser.core.receive import Dest, resolve_host
+    ip = resolve_host(host)
     if ip is None:
         log.error("send_udp: cannot resolve %s", host)
         return -1
@@ -99,13 +98,6 @@ def send_udp(ctx: Any, target: str = "") -> int:
     if si is None or si.proto != "udp":
         si = core.socket_for("udp", ip)
     return 1 if core.send(Dest("udp", ip, port, si), ctx.msg.raw) else -1
-
-
-def _resolve(host: str) -> str | None:
-    try:
-        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
-    except (OSError, IndexError):
-        return None
 
 
 def file_read(ctx: Any, path: str, var: Any) -> int:

@@ -12,7 +12,6 @@ Record-Route there is replaced by the last Route (RFC 3261 16.4).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from ser.core.module import Arg, FixedArg, FixupError, Function, Module, Param, RouteType
@@ -129,11 +128,9 @@ def _is_me(ctx: Any, uri: Any) -> bool:
     return isinstance(uri, SipURI) and ctx.rt.is_myself(uri.host, uri.port or 5060)
 
 
-@lru_cache(maxsize=512)
 def _uri_of(route: str) -> Any:
-    """The URI of a Route value (or of a bare URI), None if it is not one. A
-    memo: the URIs are immutable, and an in-dialog request carries the same
-    Route set (our own Record-Route first) as every other one of its dialog."""
+    """The URI of a Route value (or of a bare URI), None if it is not one
+    (parse_uri keeps the URIs it parsed: a dialog's Route set is parsed once)."""
     v = route.strip()
     if "<" in v:
         v = v[v.index("<") + 1:v.index(">")]
